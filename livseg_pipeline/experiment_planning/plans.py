@@ -8,6 +8,9 @@ offending field on any error, so a typo in a hand-edited plans.json fails loudly
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import hashlib
+import json
 import types
 import typing
 from dataclasses import asdict, dataclass, field
@@ -27,6 +30,7 @@ class CropPlan:
     body_threshold_hu: float = -500.0     # voxels above this are body (air/lung below it)
     margin_mm: float = 10.0               # kept around the body in x and y
     keep_full_z: bool = True              # the paper keeps the whole scanned z range
+    body_mask_spacing_mm: float = 2.0     # in-plane grid the body mask is found on (speed; bbox only)
 
 
 @dataclass
@@ -126,6 +130,8 @@ class Plans:
     inference: InferencePlan = field(default_factory=InferencePlan)
     postprocessing: PostprocessingPlan = field(default_factory=PostprocessingPlan)
     planner_notes: list[str] = field(default_factory=list)
+    # What the planner measured when it filled in this file (dataset summary, hardware); for people.
+    planner_info: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -153,6 +159,10 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
             except PlansError:
                 continue
         raise PlansError(f"plans field '{where}' has an invalid value {value!r}")
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise PlansError(f"plans field '{where}' must be an object, got {value!r}")
+        return value
     if tp is bool:
         if not isinstance(value, bool):
             raise PlansError(f"plans field '{where}' must be true/false, got {value!r}")
@@ -177,12 +187,19 @@ def _from_dict(cls: type, data: dict, where: str = "") -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - names
     if unknown:
-        raise PlansError(f"unknown plans field(s) {', '.join(repr(f'{where}.{u}'.lstrip('.')) for u in sorted(unknown))}")
+        listing = ", ".join(_unknown_field(where, u, names) for u in sorted(unknown))
+        raise PlansError(f"unknown plans field(s) {listing}")
     kwargs = {}
     for name in names:
         if name in data:
             kwargs[name] = _convert(data[name], hints[name], f"{where}.{name}".lstrip("."))
     return cls(**kwargs)
+
+
+def _unknown_field(where: str, name: str, known: set[str]) -> str:
+    text = repr(f"{where}.{name}".lstrip("."))
+    close = difflib.get_close_matches(name, sorted(known), n=1)
+    return f"{text} (did you mean {f'{where}.{close[0]}'.lstrip('.')!r}?)" if close else text
 
 
 def _validate_semantics(p: Plans) -> None:
@@ -221,6 +238,51 @@ def _validate_semantics(p: Plans) -> None:
     need(0.0 < p.inference.threshold < 1.0, "plans field 'inference.threshold' must be in (0, 1)")
     need(p.postprocessing.connectivity in (6, 18, 26),
          "plans field 'postprocessing.connectivity' must be 6, 18 or 26")
+    need(pp.orientation == "LPS", "plans field 'preprocessing.orientation' must be 'LPS' (the canonical "
+         "orientation every stage assumes)")
+    need(pp.label_interpolation in ("linear_threshold", "nearest"),
+         "plans field 'preprocessing.label_interpolation' must be 'linear_threshold' or 'nearest'")
+    need(pp.context_smoothing in ("box", "gaussian"),
+         "plans field 'preprocessing.context_smoothing' must be 'box' or 'gaussian'")
+    need(pp.crop.margin_mm >= 0, "plans field 'preprocessing.crop.margin_mm' must be >= 0")
+    need(pp.crop.body_mask_spacing_mm >= 0, "plans field 'preprocessing.crop.body_mask_spacing_mm' must be >= 0")
+    need(-1100.0 <= pp.crop.body_threshold_hu <= 500.0,
+         "plans field 'preprocessing.crop.body_threshold_hu' must be an HU value in [-1100, 500]")
+    t = p.training
+    need(t.epochs >= 1, "plans field 'training.epochs' must be >= 1")
+    need(t.iterations_per_epoch >= 1, "plans field 'training.iterations_per_epoch' must be >= 1")
+    need(t.val_interval_epochs >= 1, "plans field 'training.val_interval_epochs' must be >= 1")
+    need(t.num_workers >= 0, "plans field 'training.num_workers' must be >= 0")
+    need(t.optimizer.lr_decay_every_epochs >= 1,
+         "plans field 'training.optimizer.lr_decay_every_epochs' must be >= 1")
+    need(0.0 < t.optimizer.lr_decay_factor <= 1.0,
+         "plans field 'training.optimizer.lr_decay_factor' must be in (0, 1]")
+    need(0.0 <= t.optimizer.momentum < 1.0, "plans field 'training.optimizer.momentum' must be in [0, 1)")
+    a = t.augmentation
+    need(a.hu_shift_sd >= 0, "plans field 'training.augmentation.hu_shift_sd' must be >= 0")
+    need(set(a.flip_axes) <= {"x", "y", "z"},
+         "plans field 'training.augmentation.flip_axes' may only hold 'x', 'y', 'z'")
+    for key, prob in (("flip_p", a.flip_p), ("elastic.p", a.elastic.p)):
+        need(0.0 <= prob <= 1.0, f"plans field 'training.augmentation.{key}' must be in [0, 1]")
+    for key, rng in (("alpha", a.elastic.alpha), ("sigma", a.elastic.sigma)):
+        need(len(rng) == 2 and 0 <= rng[0] <= rng[1],
+             f"plans field 'training.augmentation.elastic.{key}' must be [low, high] with 0 <= low <= high")
+    need(p.inference.batch_size >= 1, "plans field 'inference.batch_size' must be >= 1")
+    need(p.postprocessing.erosion_radius_mm >= 0, "plans field 'postprocessing.erosion_radius_mm' must be >= 0")
+
+
+def preprocessing_hash(plans: Plans) -> str:
+    """Short hash of everything that changes the preprocessed arrays (the ``preprocessing`` section);
+    a preprocessed case stores it so a rerun redoes exactly the cases made with other settings.
+
+    >>> preprocessing_hash(Plans()) == preprocessing_hash(Plans(plans_name="other"))
+    True
+    >>> p = Plans(); p.preprocessing.median_filter_size = 5
+    >>> preprocessing_hash(p) == preprocessing_hash(Plans())
+    False
+    """
+    text = json.dumps(asdict(plans.preprocessing), sort_keys=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 def plans_from_dict(data: dict) -> Plans:
@@ -254,7 +316,6 @@ def load_preset(name: str) -> Plans:
     res = resources.files("livseg_pipeline.presets") / f"{name}.json"
     if not res.is_file():
         raise PlansError(f"no plans preset {name!r}; available: {', '.join(preset_names())}")
-    import json
     try:
         return plans_from_dict(json.loads(res.read_text(encoding="utf-8")))
     except PlansError as e:

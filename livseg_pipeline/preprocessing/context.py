@@ -8,7 +8,7 @@ as it is for factor 1. Training and inference both call :func:`context_volumes`.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage
