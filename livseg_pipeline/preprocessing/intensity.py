@@ -41,13 +41,15 @@ def normalize_hu(array: np.ndarray, hu_window: Sequence[float], intensity_range:
     ...     np.float32([-0.2, -0.2, -0.1, 0.0, 0.2, 0.2]).tolist()
     True
     """
+    return _map(np.asarray(array, dtype=np.float64), hu_window, intensity_range).astype(np.float32)
+
+
+def _map(x, hu_window: Sequence[float], intensity_range: Sequence[float]):
     h0, h1 = (float(v) for v in hu_window)
     r0, r1 = (float(v) for v in intensity_range)
-    x = np.clip(np.asarray(array, dtype=np.float64), h0, h1)
-    # (x - h0) / (h1 - h0) is exactly 0 and 1 at the ends; the affine form keeps both ends exact.
-    t = (x - h0) / (h1 - h0)
-    out = r0 * (1.0 - t) + r1 * t
-    return out.astype(np.float32)
+    # t is exactly 0 and 1 at the window's ends and this affine form keeps both ends exact.
+    t = (np.clip(x, h0, h1) - h0) / (h1 - h0)
+    return r0 * (1.0 - t) + r1 * t
 
 
 def hu_to_normalized(hu: float, hu_window: Sequence[float], intensity_range: Sequence[float]) -> float:
@@ -56,7 +58,7 @@ def hu_to_normalized(hu: float, hu_window: Sequence[float], intensity_range: Seq
     >>> hu_to_normalized(-500.0, (-200, 200), (-0.2, 0.2))
     -0.2
     """
-    return float(normalize_hu(np.asarray([hu]), hu_window, intensity_range)[0])
+    return float(_map(float(hu), hu_window, intensity_range))
 
 
 def hu_scale(hu_window: Sequence[float], intensity_range: Sequence[float]) -> float:
