@@ -1,0 +1,96 @@
+"""Hospital SIRT exports: one folder per patient, each with a DICOM CT series and a liver mask.
+
+Accepted per patient folder ``P`` (the patient id is the folder name):
+
+* one scan: ``P/CT/`` (or DICOM slices directly in ``P``) plus the mask;
+* several scans: sub-folders ``P/<scan>/`` each laid out as above (case ids ``sirt_P_<scan>``,
+  all with patient id ``P`` so that they land in one fold).
+
+The mask is an image file beside the CT (NIfTI / NRRD / MHA; the one whose name holds "liver" when
+there are several) or, failing that, a DICOM RTSTRUCT in the scan or CT folder, whose ROI named
+like /liver/i is rasterised onto the CT grid by :func:`livseg_pipeline.clinical.rtstruct.read_rtstruct`
+(several candidates -> a clear error listing them).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from dataset_conversion.base import CaseError, Converter, SourceCase, make_case_id
+from livseg_pipeline.clinical.dicom_series import DicomReferenceError
+from livseg_pipeline.clinical.rtstruct import RTStructError, read_rtstruct
+from livseg_pipeline.io.image_io import Image, has_image_suffix, is_dicom_file, read_image
+
+_LIVER_RE = re.compile(r"liver", re.IGNORECASE)
+
+
+class SirtConverter(Converter):
+    source = "sirt"
+    layout_hint = "one folder per patient with CT/ (a DICOM series) and liver.nii.gz or an RTSTRUCT"
+
+    def list_cases(self, input_dir: Path) -> list[SourceCase]:
+        cases = []
+        patients = [input_dir] if _is_scan(input_dir) else \
+            sorted(p for p in input_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+        for patient in patients:
+            scans = [patient] if _is_scan(patient) else \
+                sorted(s for s in patient.iterdir() if s.is_dir() and _is_scan(s))
+            if not scans:  # reported as a failed case rather than silently passed over
+                cid = make_case_id(self.source, patient.name)
+                cases.append(SourceCase(cid, cid, str(patient / "CT"), None))
+            for scan in scans:
+                ct = scan / "CT" if (scan / "CT").is_dir() else scan
+                mask = _mask_file(scan)
+                parts = [self.source, patient.name] + ([scan.name] if scan != patient else [])
+                originals = (str(ct),) + ((str(mask),) if mask and mask.parent != ct else ())
+                cases.append(SourceCase(make_case_id(*parts), make_case_id(self.source, patient.name),
+                                        str(ct), str(mask) if mask else None, originals))
+        return cases
+
+    def read_label(self, case: SourceCase, image: Image) -> Image:
+        if not case.label_ref:
+            raise CaseError(f"{Path(case.image_ref).parent}: no liver mask (image file or DICOM RTSTRUCT) found")
+        path = Path(case.label_ref)
+        if has_image_suffix(path):
+            return read_image(path)
+        try:
+            return read_rtstruct(path, case.image_ref, roi_regex="liver")
+        except (RTStructError, DicomReferenceError) as e:
+            raise CaseError(str(e)) from None
+
+
+def _is_scan(folder: Path) -> bool:
+    ct = folder / "CT"
+    if ct.is_dir():
+        return True
+    return any(is_dicom_file(f) for f in _files(folder)[:20])
+
+
+def _files(folder: Path) -> list[Path]:
+    return sorted(f for f in folder.iterdir() if f.is_file() and not f.name.startswith("."))
+
+
+def _mask_file(scan: Path) -> Path | None:
+    """An image file beside the CT (preferring one named like liver), else an RTSTRUCT, else None."""
+    images = [f for f in _files(scan) if has_image_suffix(f)]
+    named = [f for f in images if _LIVER_RE.search(f.name)]
+    if named or images:
+        return (named or images)[0]
+    for folder in (scan, scan / "CT"):
+        if folder.is_dir():
+            for f in _files(folder):
+                if _modality(f) == "RTSTRUCT":
+                    return f
+    return None
+
+
+def _modality(path: Path) -> str:
+    import pydicom
+
+    if not is_dicom_file(path):
+        return ""
+    try:
+        return str(pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Modality"]).get("Modality", ""))
+    except Exception:  # noqa: BLE001 - an unreadable file is simply not an RTSTRUCT
+        return ""
