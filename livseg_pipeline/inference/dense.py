@@ -130,39 +130,60 @@ def prepare_network(network: torch.nn.Module, device: torch.device | str) -> tor
 
 
 class SegmentPredictor:
-    """Runs the network on batches of segments of one volume and writes probabilities in place."""
+    """Runs one or several networks (fold ensemble) on batches of segments of one volume and keeps
+    each network's probabilities (padded shape) plus the set of segments evaluated."""
 
-    def __init__(self, network: torch.nn.Module, source: SegmentSource, device: torch.device | str,
-                 batch_size: int = 1) -> None:
-        self.network = network
+    def __init__(self, networks: torch.nn.Module | Sequence[torch.nn.Module], source: SegmentSource,
+                 device: torch.device | str, batch_size: int = 1) -> None:
+        self.networks = [networks] if isinstance(networks, torch.nn.Module) else list(networks)
         self.source = source
         self.device = torch.device(device)
         self.batch_size = max(1, int(batch_size))
-        self.probabilities = np.zeros(padded_shape(source.shape, source.segment_size), dtype=np.float32)
+        shape = padded_shape(source.shape, source.segment_size)
+        self.members = [np.zeros(shape, dtype=np.float32) for _ in self.networks]
         self.done: set[Start] = set()
 
-    def run(self, starts: Iterable[Start], progress=None) -> None:
-        """Evaluate the segments at ``starts`` not evaluated before."""
+    def run(self, starts: Iterable[Start], progress=None) -> list[Start]:
+        """Evaluate the segments at ``starts`` not evaluated before; returns those evaluated now."""
         todo = [s for s in dict.fromkeys(starts) if s not in self.done]
         S = self.source.segment_size
         with torch.inference_mode():
             for i in range(0, len(todo), self.batch_size):
                 chunk = todo[i: i + self.batch_size]
                 xs = [torch.from_numpy(a).to(self.device) for a in self.source.inputs(chunk)]
-                logits = self.network(*xs)
-                if tuple(logits.shape[-3:]) != (S, S, S):
-                    raise RuntimeError(f"network returned output {tuple(logits.shape)} for segment size {S}; "
-                                       f"expected (B, 1, {S}, {S}, {S})")
-                prob = torch.sigmoid(logits.float()).cpu().numpy()
-                for b, (z, y, x) in enumerate(chunk):
-                    self.probabilities[z: z + S, y: y + S, x: x + S] = prob[b, 0]
+                for net, out in zip(self.networks, self.members):
+                    logits = net(*xs)
+                    if tuple(logits.shape[-3:]) != (S, S, S):
+                        raise RuntimeError(f"network returned output {tuple(logits.shape)} for segment size {S}; "
+                                           f"expected (B, 1, {S}, {S}, {S})")
+                    prob = torch.sigmoid(logits.float()).cpu().numpy()
+                    for b, (z, y, x) in enumerate(chunk):
+                        out[z: z + S, y: y + S, x: x + S] = prob[b, 0]
                 self.done.update(chunk)
                 if progress is not None:
                     progress.update(len(chunk))
+        return todo
+
+    def segment_mean(self, start: Start) -> np.ndarray:
+        """Mean probability of the members over one output segment (a view when there is one member)."""
+        S = self.source.segment_size
+        z, y, x = start
+        parts = [m[z: z + S, y: y + S, x: x + S] for m in self.members]
+        return parts[0] if len(parts) == 1 else np.mean(parts, axis=0)
+
+    def _crop(self, a: np.ndarray) -> np.ndarray:
+        z, y, x = self.source.shape
+        return np.ascontiguousarray(a[:z, :y, :x])
+
+    def member_results(self) -> list[np.ndarray]:
+        """Each network's probabilities on the (unpadded) volume."""
+        return [self._crop(m) for m in self.members]
 
     def result(self) -> np.ndarray:
-        z, y, x = self.source.shape
-        return np.ascontiguousarray(self.probabilities[:z, :y, :x])
+        """Mean probability over the networks on the (unpadded) volume."""
+        if len(self.members) == 1:
+            return self._crop(self.members[0])
+        return self._crop(np.mean(self.members, axis=0, dtype=np.float32))
 
 
 def make_source(image: np.ndarray, plans, segment_size: int, radius: int = 10) -> SegmentSource:
@@ -186,14 +207,24 @@ def predict_preprocessed(network: torch.nn.Module, image: np.ndarray, plans, dev
         raise ValueError(f"expected a 3D preprocessed volume, got shape {image.shape}")
     S = int(segment_size or plans.inference.segment_size_out)
     B = int(batch_size or plans.inference.batch_size)
-    network = prepare_network(network, device)
-    source = make_source(image, plans, S, radius=network_radius(network, receptive_radius()))
-    if body_mask is not None:
-        if body_mask.shape != image.shape:
-            raise ValueError(f"body mask shape {body_mask.shape} differs from image shape {image.shape}")
-        starts = segments_touching(body_mask, S)
-    else:
-        starts = segment_grid(image.shape, S)
-    runner = SegmentPredictor(network, source, device, B)
-    runner.run(starts, progress)
+    runner = make_runner(network, image, plans, device, S, B)
+    runner.run(candidate_segments(image.shape, S, body_mask), progress)
     return runner.result()
+
+
+def make_runner(networks, image: np.ndarray, plans, device: torch.device | str, segment_size: int,
+                batch_size: int) -> SegmentPredictor:
+    """A :class:`SegmentPredictor` for one preprocessed volume and one network or a fold ensemble."""
+    nets = [networks] if isinstance(networks, torch.nn.Module) else list(networks)
+    nets = [prepare_network(n, device) for n in nets]
+    source = make_source(image, plans, segment_size, radius=network_radius(nets[0], receptive_radius()))
+    return SegmentPredictor(nets, source, device, batch_size)
+
+
+def candidate_segments(shape: Sequence[int], segment_size: int, body_mask: np.ndarray | None) -> list[Start]:
+    """Every segment, or with a body mask the segments holding at least one body voxel."""
+    if body_mask is None:
+        return segment_grid(shape, segment_size)
+    if tuple(body_mask.shape) != tuple(shape):
+        raise ValueError(f"body mask shape {body_mask.shape} differs from image shape {tuple(shape)}")
+    return segments_touching(body_mask, segment_size)
