@@ -6,7 +6,7 @@ with ``B`` as the reference: RV = V_A / V_B (the paper's RV(seg1, seg2) = V1 / V
 
 Outputs in ``out_dir`` (atomic):
 
-* ``pairwise_metrics.csv``: ``pair, set_a, set_b, case, dsc, rv, msd_mm, assd_mm, hd_mm, hd95_mm,
+* ``pairwise_metrics.csv``: ``pair, set_a, set_b, case, dsc, rv, msd_mm, hd_mm, hd95_mm,
   vol_a_ml, vol_b_ml, empty, path_a, path_b``.
 * ``pairwise_summary.csv``: one row per pair: ``n``, median and quartiles of each metric, count and
   share of RV outside [0.9, 1.1].

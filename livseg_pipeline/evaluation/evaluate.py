@@ -2,7 +2,7 @@
 
 Outputs of :func:`evaluate_sets` in ``out_dir`` (all written atomically):
 
-* ``metrics.csv``: one row per case (``case, dsc, rv, msd_mm, assd_mm, hd_mm, hd95_mm, vol_ref_ml,
+* ``metrics.csv``: one row per case (``case, dsc, rv, msd_mm, hd_mm, hd95_mm, vol_ref_ml,
   vol_pred_ml, empty, reference, prediction``); NaN is an empty cell, infinity ``inf``.
 * ``summary.json``: :func:`livseg_pipeline.evaluation.summary.summarize` plus inputs and options.
 * ``boxplots.png``: the 2x2 panel of the paper's Fig. 2 (DSC, RV, MSD, HD).
@@ -157,7 +157,7 @@ def evaluate_sets(reference: str | Path, prediction: str | Path, out_dir: str | 
         "missing_predictions": matching.missing, "extra_predictions_ignored": matching.extra,
         "options": {"ref_label": ref_label, "pred_label": pred_label, "connectivity": connectivity},
         "definitions": "documentation/evaluation.md (RV = V_pred / V_ref; MSD = mean of all surface distances "
-                       "both ways; HD = max; HD95 = max of the two directed 95th percentiles)",
+                       "both ways; HD = max and HD95 = 95th percentile of the same pooled distances)",
         **summarize(rows),
     }
     write_csv(rows, out_dir / "metrics.csv", CSV_COLUMNS)

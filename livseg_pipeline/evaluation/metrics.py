@@ -14,11 +14,13 @@ Definitions (``A`` = reference, ``B`` = prediction, both boolean arrays ``(z, y,
   neighbours in physical coordinates (``index * spacing``), no approximation.
 * ``msd_mm`` (mean symmetric surface distance) = mean of all distances of both directions pooled,
   ``(sum d_AB + sum d_BA) / (|S(A)| + |S(B)|)``.
-* ``assd_mm`` = ``(mean d_AB + mean d_BA) / 2`` (medpy's ``assd``); equals ``msd_mm`` when both
-  surfaces have the same number of voxels.
+  This is the "average symmetric surface distance" of the SLiver07 and LiTS liver challenges and
+  medpy's ``assd`` from version 0.5 (medpy < 0.5 averaged the two directed means instead, which
+  differs when the surfaces have different numbers of voxels).
 * ``hd_mm`` = ``max(max d_AB, max d_BA)`` (symmetric Hausdorff distance).
-* ``hd95_mm`` = ``max(P95(d_AB), P95(d_BA))`` (numpy's linear percentile; medpy's and MONAI's
-  ``hd95``).
+* ``hd95_mm`` = 95th percentile of the same pooled distances (numpy's linear percentile; medpy's
+  ``hd95``). MONAI and DeepMind's surface-distance take the larger of the two directed 95th
+  percentiles instead, which is not smaller (up to percentile interpolation).
 * ``vol_*_ml`` = voxel count x voxel volume / 1000.
 
 Empty masks never give a silent 0; ``empty`` says which side is empty:
@@ -41,7 +43,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-METRIC_KEYS = ("dsc", "rv", "msd_mm", "assd_mm", "hd_mm", "hd95_mm", "vol_ref_ml", "vol_pred_ml")
+METRIC_KEYS = ("dsc", "rv", "msd_mm", "hd_mm", "hd95_mm", "vol_ref_ml", "vol_pred_ml")
 EMPTY_STATES = ("none", "both", "reference", "prediction")
 
 
@@ -159,19 +161,17 @@ def surface_distances(a: np.ndarray, b: np.ndarray, spacing: Sequence[float], co
 
 
 def distance_metrics(d_ab: np.ndarray, d_ba: np.ndarray) -> dict[str, float]:
-    """MSD (pooled mean), ASSD (mean of directed means), HD (max) and HD95 from directed distances.
+    """MSD (mean), HD (max) and HD95 (95th percentile) of the directed distances of both ways pooled.
 
     >>> r = distance_metrics(np.array([0.0, 0.0, 3.0]), np.array([1.0]))
-    >>> r["msd_mm"], r["assd_mm"], r["hd_mm"]
-    (1.0, 1.0, 3.0)
+    >>> r["msd_mm"], r["hd_mm"]
+    (1.0, 3.0)
     """
-    d_ab, d_ba = np.asarray(d_ab, float), np.asarray(d_ba, float)
-    n = d_ab.size + d_ba.size
+    d = np.concatenate([np.asarray(d_ab, float), np.asarray(d_ba, float)])
     return {
-        "msd_mm": float((d_ab.sum() + d_ba.sum()) / n),
-        "assd_mm": float((d_ab.mean() + d_ba.mean()) / 2.0),
-        "hd_mm": float(max(d_ab.max(), d_ba.max())),
-        "hd95_mm": float(max(np.percentile(d_ab, 95), np.percentile(d_ba, 95))),
+        "msd_mm": float(d.mean()),
+        "hd_mm": float(d.max()),
+        "hd95_mm": float(np.percentile(d, 95)),
     }
 
 
@@ -180,7 +180,7 @@ def compute_metrics(reference: np.ndarray, prediction: np.ndarray, spacing_zyx: 
     """All metrics of one case; see the module docstring for definitions and empty masks.
 
     Masks: nonzero = foreground, same shape; ``spacing_zyx`` in mm in array axis order.
-    Returns ``dsc, rv, msd_mm, assd_mm, hd_mm, hd95_mm, vol_ref_ml, vol_pred_ml`` (floats) and
+    Returns ``dsc, rv, msd_mm, hd_mm, hd95_mm, vol_ref_ml, vol_pred_ml`` (floats) and
     ``empty`` (``"none" | "both" | "reference" | "prediction"``).
 
     >>> ref = np.zeros((8, 8, 8), np.uint8); ref[2:6, 2:6, 2:6] = 1
@@ -196,18 +196,19 @@ def compute_metrics(reference: np.ndarray, prediction: np.ndarray, spacing_zyx: 
     if ref.shape != pred.shape:
         raise ValueError(f"reference and prediction shapes differ: {ref.shape} vs {pred.shape}")
     spacing = _check_spacing(spacing_zyx, ref.ndim)
-    vol_ref, vol_pred = volume_ml(ref, spacing), volume_ml(pred, spacing)
-    out: dict = {"dsc": dice(ref, pred), "vol_ref_ml": vol_ref, "vol_pred_ml": vol_pred}
-    if vol_ref > 0 and vol_pred > 0:
-        out["rv"] = vol_pred / vol_ref
+    n_ref, n_pred = int(np.count_nonzero(ref)), int(np.count_nonzero(pred))
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    out: dict = {"dsc": dice(ref, pred), "vol_ref_ml": n_ref * voxel_ml, "vol_pred_ml": n_pred * voxel_ml}
+    if n_ref > 0 and n_pred > 0:
+        out["rv"] = n_pred / n_ref  # from voxel counts: exact, no rounding of the two volumes
         out.update(distance_metrics(*surface_distances(ref, pred, spacing, connectivity)))
         out["empty"] = "none"
     else:
-        if vol_ref == 0 and vol_pred == 0:
+        if n_ref == 0 and n_pred == 0:
             empty, rv, dist = "both", math.nan, math.nan
-        elif vol_ref == 0:
+        elif n_ref == 0:
             empty, rv, dist = "reference", math.inf, math.inf
         else:
             empty, rv, dist = "prediction", 0.0, math.inf
-        out.update(rv=rv, msd_mm=dist, assd_mm=dist, hd_mm=dist, hd95_mm=dist, empty=empty)
+        out.update(rv=rv, msd_mm=dist, hd_mm=dist, hd95_mm=dist, empty=empty)
     return {k: out[k] for k in (*METRIC_KEYS, "empty")}

@@ -16,7 +16,7 @@ import numpy as np
 from livseg_pipeline.evaluation.metrics import EMPTY_STATES, METRIC_KEYS
 
 RV_RANGE = (0.9, 1.1)
-PLAIN_NAMES = {"dsc": "DSC", "rv": "RV", "msd_mm": "MSD (mm)", "assd_mm": "ASSD (mm)", "hd_mm": "HD (mm)",
+PLAIN_NAMES = {"dsc": "DSC", "rv": "RV", "msd_mm": "MSD (mm)", "hd_mm": "HD (mm)",
                "hd95_mm": "HD95 (mm)", "vol_ref_ml": "V ref (mL)", "vol_pred_ml": "V pred (mL)"}
 
 
