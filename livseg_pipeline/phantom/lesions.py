@@ -1,0 +1,91 @@
+"""Liver lesions: hypo- and hyperdense tumours, cysts and (for the hard case) very dense or very dark
+ones. Lesions replace liver tissue only, so they stay inside the whole-liver label."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from livseg_pipeline.phantom.shapes import Grid, ellipsoid, ellipsoid_level, rotation
+from livseg_pipeline.phantom.tissues import LIVER_TISSUES, T
+
+
+@dataclass
+class Lesion:
+    center: tuple[float, float, float]    # mm, LPS
+    radii: tuple[float, float, float]     # mm
+    kind: str                             # "hypo" | "hyper" | "cyst" | "dense"
+    hu: float                             # mean HU of the lesion
+    rim: float = 0.0                      # extra HU on a peripheral ring (rim enhancement)
+
+    def to_dict(self) -> dict:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+
+
+KIND_TISSUE = {"hypo": T.LESION_HYPO, "hyper": T.LESION_HYPER, "cyst": T.CYST, "dense": T.DENSE_LESION}
+
+
+def draw_lesions(rng: np.random.Generator, liver_hu: float, contrast: str, hard: str | None) -> list[dict]:
+    """Random lesion recipes (kind, size, HU). Centres are chosen later inside the painted liver."""
+    n = int(rng.choice([0, 1, 1, 2, 2, 3, 4, 6]))
+    recipes = []
+    for _ in range(n):
+        kind = str(rng.choice(["hypo", "hypo", "hypo", "hyper", "cyst"]))
+        size = float(rng.uniform(4, 10) if rng.uniform() < 0.5 else rng.uniform(10, 28))
+        if kind == "hypo":
+            hu = liver_hu - rng.uniform(25, 60) * (1.0 if contrast == "portal" else 0.5)
+        elif kind == "hyper":
+            hu = liver_hu + rng.uniform(25, 60) * (1.0 if contrast == "portal" else 0.3)
+        else:
+            hu = rng.uniform(2, 15)
+        rim = float(rng.uniform(25, 45)) if kind == "hypo" and contrast == "portal" and rng.uniform() < 0.4 else 0.0
+        recipes.append({"kind": kind, "size": size, "hu": float(hu), "rim": rim})
+    if hard == "dense_lesion":
+        # The paper's failure: a round lesion with a very large density difference to the liver.
+        recipes.append({"kind": "cyst", "size": float(rng.uniform(30, 40)), "hu": float(rng.uniform(-5, 8)),
+                        "rim": 0.0, "round": True})
+        recipes.append({"kind": "dense", "size": float(rng.uniform(12, 18)), "hu": float(rng.uniform(350, 600)),
+                        "rim": 0.0, "round": True})
+    return recipes
+
+
+def place_lesions(tissue: np.ndarray, grid: Grid, recipes: list[dict], rng: np.random.Generator,
+                  delta: np.ndarray, table_hu: dict) -> list[Lesion]:
+    """Paint lesions into the liver (tissue map) and their per-lesion HU offsets into ``delta``."""
+    liver = np.isin(tissue, np.asarray([T.LIVER], np.uint8))
+    if not liver.any() or not recipes:
+        return []
+    sp = np.array([grid.x[1] - grid.x[0] if len(grid.x) > 1 else 1.0,
+                   grid.y[1] - grid.y[0] if len(grid.y) > 1 else 1.0,
+                   grid.z[1] - grid.z[0] if len(grid.z) > 1 else 1.0], float)
+    # Distance to the liver surface (mm) decides where a lesion of a given size fits.
+    depth = ndimage.distance_transform_edt(liver, sampling=(sp[2], sp[1], sp[0]))
+    lesions = []
+    liver_ids = np.asarray(LIVER_TISSUES, np.uint8)
+    for rec in sorted(recipes, key=lambda r: -r["size"]):
+        want = min(rec["size"] * 0.8, float(depth.max()) * 0.9)
+        cand = np.flatnonzero(depth.ravel() >= want)
+        if len(cand) == 0:
+            continue
+        iz, iy, ix = np.unravel_index(cand[rng.integers(len(cand))], depth.shape)
+        c = (float(grid.x[ix]), float(grid.y[iy]), float(grid.z[iz]))
+        if rec.get("round"):
+            radii = (rec["size"],) * 3
+        else:
+            radii = tuple(float(rec["size"] * f) for f in rng.uniform(0.75, 1.2, 3))
+        rot = rotation(*rng.uniform(-90, 90, 3))
+        box, m = ellipsoid(grid, c, radii, rot)
+        view = tissue[box.slices]
+        m &= np.isin(view, liver_ids)
+        tis = KIND_TISSUE[rec["kind"]]
+        view[m] = tis
+        delta[box.slices][m] = rec["hu"] - table_hu[tis].mean
+        if rec["rim"] > 0:
+            inner = ellipsoid_level(box, c, tuple(r - 2.5 for r in radii), rot) <= 1
+            ring = m & ~inner
+            delta[box.slices][ring] += rec["rim"]
+        depth[box.slices][m] = 0
+        lesions.append(Lesion(c, radii, rec["kind"], rec["hu"], rec["rim"]))
+    return lesions
