@@ -27,8 +27,12 @@ import numpy as np
 from livseg_pipeline.io.image_io import read_image, reorient_to_canonical
 from livseg_pipeline.utils.files import load_json, save_json
 
-#: HU window for profiles and correlations (bone/metal beyond it would dominate the correlation).
+#: HU window of the profiles (bone/metal beyond it would dominate the alignment).
 HU_CLIP = (-1000.0, 1000.0)
+#: soft-tissue window of the voxel-wise check: air/tissue contrast would make any two abdomens
+#: correlate; inside the body a re-encoded copy correlates ~1.0, another patient (or another scan of
+#: the same patient, with its own noise) well below 0.9 on the phantoms and real cases tested.
+HU_WINDOW_NCC = (-200.0, 300.0)
 #: a candidate pair needs profile correlation at least this on every axis ...
 PROFILE_MIN_NCC = 0.95
 #: ... and a crop overlap of at least this fraction of the shorter length on every axis.
@@ -157,8 +161,8 @@ def overlap_ncc(a: np.ndarray, b: np.ndarray, flips: tuple[bool, ...], offsets: 
         sa.append(slice(lo, hi, step))
         sb.append(slice(lo - d, hi - d, step))
     overlap = float(np.prod([s.stop - s.start for s in sa])) / min(a.size, b.size)
-    x = np.clip(a[tuple(sa)].astype(np.float32), *HU_CLIP).ravel().astype(np.float64)
-    y = np.clip(b[tuple(sb)].astype(np.float32), *HU_CLIP).ravel().astype(np.float64)
+    x = np.clip(a[tuple(sa)].astype(np.float32), *HU_WINDOW_NCC).ravel().astype(np.float64)
+    y = np.clip(b[tuple(sb)].astype(np.float32), *HU_WINDOW_NCC).ravel().astype(np.float64)
     x -= x.mean()
     y -= y.mean()
     den = np.sqrt((x @ x) * (y @ y))
@@ -291,7 +295,8 @@ def find_duplicates(raw_dataset_dir: str | Path, fingerprint: dict | None = None
     weights, dropped = policy_weights(groups, cases, policy, fcases)
     result = {"policy": policy, "groups": groups, "pairs": pairs, "weights": weights, "dropped": dropped,
               "thresholds": {"profile_min_ncc": PROFILE_MIN_NCC, "near_min_ncc": NEAR_MIN_NCC,
-                             "min_overlap": MIN_OVERLAP, "hu_clip": list(HU_CLIP)},
+                             "min_overlap": MIN_OVERLAP, "hu_clip": list(HU_CLIP),
+                             "hu_window_ncc": list(HU_WINDOW_NCC)},
               "near_checks": checks}
     save_json(result, out_path)
     if verbose:
