@@ -68,6 +68,27 @@ def body_mask(array: np.ndarray, threshold: float, spacing_zyx: Sequence[float] 
     return mask
 
 
+def body_box(array: np.ndarray, threshold: float, spacing_zyx: Sequence[float],
+             working_spacing_mm: float = 2.0) -> Box | None:
+    """Bounding box of :func:`body_mask`, found on an in-plane grid of ~``working_spacing_mm`` and
+    widened to be conservative: it always holds the full-resolution body's box and exceeds it by
+    less than one working voxel. ``None`` when there is no body.
+
+    >>> a = np.full((2, 50, 50), -1000.0); a[:, 11:38, 7:42] = 0.0
+    >>> body_box(a, -500, (1.0, 0.5, 0.5), working_spacing_mm=2.0)
+    [[0, 2], [9, 40], [5, 44]]
+    """
+    sy, sx = float(spacing_zyx[1]), float(spacing_zyx[2])
+    steps = [1, max(1, int(working_spacing_mm // sy)), max(1, int(working_spacing_mm // sx))]
+    small = body_mask(array[:, ::steps[1], ::steps[2]], threshold, fill_holes=False)
+    box = bounding_box(small)
+    if box is None:
+        return None
+    # A sampled voxel stands for the (step - 1) unsampled ones before it and after it.
+    return [[max(0, lo * st - st + 1), min(n, (hi - 1) * st + st)] if st > 1 else [lo, hi]
+            for (lo, hi), st, n in zip(box, steps, array.shape)]
+
+
 def bounding_box(mask: np.ndarray) -> Box | None:
     """``[[lo, hi), ...]`` per axis of the True voxels, or ``None`` for an empty mask.
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from livseg_pipeline.experiment_planning.plans import Plans, preprocessing_hash
 from livseg_pipeline.io.image_io import Geometry, Image, reorient, same_grid
-from livseg_pipeline.preprocessing.cropping import body_mask, bounding_box, box_slices, crop_box
+from livseg_pipeline.preprocessing.cropping import body_box, body_mask, bounding_box, box_slices, crop_box
 from livseg_pipeline.preprocessing.intensity import body_threshold_normalized, median_filter, normalize_hu
 from livseg_pipeline.preprocessing.resampling import resample, resample_mask, sub_geometry, target_grid
 from livseg_pipeline.utils.files import load_json, save_json, save_npz_atomic
@@ -91,13 +91,11 @@ def preprocess_case(image: Image, label: Image | None, plans: Plans) -> tuple[di
 
     # 2. crop: whole abdomen in every axial slice, never cutting the liver, full z
     c = pp.crop
-    body = body_mask(img.array, c.body_threshold_hu, img.spacing_zyx, working_spacing_mm=c.body_mask_spacing_mm)
-    body_box = bounding_box(body)
-    del body
+    body_bbox = body_box(img.array, c.body_threshold_hu, img.spacing_zyx, c.body_mask_spacing_mm)
     liver_box = bounding_box(lab.array > 0) if lab is not None else None
-    box = crop_box(img.array.shape, img.spacing_zyx, body_box, liver_box, c.margin_mm, c.keep_full_z)
-    props["body_found"] = body_box is not None
-    props["body_box_zyx_reoriented"] = body_box
+    box = crop_box(img.array.shape, img.spacing_zyx, body_bbox, liver_box, c.margin_mm, c.keep_full_z)
+    props["body_found"] = body_bbox is not None
+    props["body_box_zyx_reoriented"] = body_bbox
     props["crop_box_zyx"] = box
     cropped = img.array[box_slices(box)]
     cropped_geom = sub_geometry(img.geometry, [b[0] for b in box])
