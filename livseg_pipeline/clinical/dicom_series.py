@@ -16,6 +16,7 @@ Input files are only read, never modified; file names are the ones on disk, neve
 
 from __future__ import annotations
 
+import copy
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,10 +63,24 @@ class ReferencedSeries:
     def normal(self) -> np.ndarray:
         return self.geometry.direction_matrix[:, 2]
 
+    def header_copies(self) -> list[pydicom.Dataset]:
+        """Deep copies of the headers with absent type-2 patient/study attributes set empty, as the
+        DICOM writers (rt-utils, highdicom) read them unconditionally; the files are untouched."""
+        out = []
+        for ds in self.datasets:
+            ds = copy.deepcopy(ds)
+            for key in _TYPE2:
+                if key not in ds:
+                    setattr(ds, key, "")
+            out.append(ds)
+        return out
+
     def empty_image(self, dtype: type = np.uint8) -> Image:
         return Image(np.zeros(self.shape, dtype=dtype), self.geometry, str(self.folder))
 
 
+_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "StudyID",
+          "AccessionNumber", "ReferringPhysicianName")
 _REQUIRED = ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID",
              "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns")
 

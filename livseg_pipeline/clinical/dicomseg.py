@@ -72,7 +72,7 @@ def write_dicom_seg(mask: Image, dicom_folder: str | Path, out_path: str | Path,
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         seg = hd.seg.Segmentation(
-            source_images=list(series.datasets), pixel_array=native,
+            source_images=series.header_copies(), pixel_array=native,
             segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=[description],
             series_instance_uid=hd.UID(), series_number=9902, sop_instance_uid=hd.UID(), instance_number=1,
             manufacturer="livseg", manufacturer_model_name="livseg_pipeline", software_versions=_version(),

@@ -31,7 +31,6 @@ returns (slices sorted along the slice normal).
 
 from __future__ import annotations
 
-import copy
 import re
 import warnings
 from collections.abc import Sequence
@@ -76,11 +75,10 @@ def write_rtstruct(mask: Image, dicom_folder: str | Path, out_path: str | Path, 
     out_path = Path(out_path)
     series = load_series(dicom_folder, series_uid)
     native = mask_on_series_grid(mask, series)  # (slices, rows, cols)
-    headers = [_with_defaults(ds) for ds in series.datasets]
-    ds = ds_helper.create_rtstruct_dataset(headers)
-    rt = RTStruct(headers, ds)
+    headers = series.header_copies()
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+        warnings.simplefilter("ignore")  # rt-utils uses pydicom attributes deprecated in pydicom 3
+        rt = RTStruct(headers, ds_helper.create_rtstruct_dataset(headers))
         rt.add_roi(mask=np.ascontiguousarray(np.transpose(native, (1, 2, 0))), name=roi_name,
                    color=[int(c) for c in color], approximate_contours=True,
                    roi_generation_algorithm="AUTOMATIC")
@@ -89,15 +87,6 @@ def write_rtstruct(mask: Image, dicom_folder: str | Path, out_path: str | Path, 
     with atomic_path(out_path) as tmp:
         rt.ds.save_as(tmp, enforce_file_format=True)
     return out_path
-
-
-def _with_defaults(ds: pydicom.Dataset) -> pydicom.Dataset:
-    """A copy with the type-2 study attributes that rt-utils reads unconditionally (empty if absent)."""
-    ds = copy.deepcopy(ds)
-    for key in ("StudyDate", "StudyTime", "StudyID"):
-        if key not in ds:
-            setattr(ds, key, "")
-    return ds
 
 
 def _fix_contour_geometry(ds: pydicom.Dataset, series: ReferencedSeries, rtutils_matrix: np.ndarray) -> None:
