@@ -4,20 +4,17 @@ content unzipped (``PATIENT_DICOM/``, ``MASKS_DICOM/liver/``).
 
 Slices are extensionless DICOM files (``image_0`` is the most caudal); their order comes from the
 DICOM positions, never from the names. Masks hold 255 (or 1 in some patients): liver = mask > 0.
-Zips are read in place: members are copied to a temporary folder under names of our own
-(never the member names, which could point outside it) and read as a series from there.
+Zips are read in place by :func:`livseg_pipeline.io.archives.read_dicom_zip` (members extracted to a
+private temporary folder under generated names, never the member names).
 """
 
 from __future__ import annotations
 
-import posixpath
 import re
-import shutil
-import tempfile
-import zipfile
 from pathlib import Path
 
 from dataset_conversion.base import CaseError, Converter, SourceCase, make_case_id
+from livseg_pipeline.io.archives import read_dicom_zip
 from livseg_pipeline.io.image_io import Image, read_image
 
 _CASE_RE = re.compile(r"3Dircadb(\d+)\.(\d+)", re.IGNORECASE)
@@ -60,29 +57,10 @@ def _part(folder: Path, name: str) -> Path | None:
 
 
 def _read_series(ref: Path, inner: str) -> Image:
-    """Read the DICOM slices under ``inner`` (a folder path inside the zip or below ``ref``)."""
+    """Read the DICOM slices of folder ``inner`` inside the zip ``ref``, or below ``ref``'s folder."""
     if ref.is_dir():
         sub = ref.parent / inner
         if not sub.is_dir():
             raise CaseError(f"{sub}: folder missing")
         return read_image(sub)
-    with tempfile.TemporaryDirectory(prefix="lvs_ircadb_") as tmp:
-        n = _extract_folder(ref, inner, Path(tmp))
-        if n == 0:
-            raise CaseError(f"{ref}: holds no files under {inner}/")
-        img = read_image(tmp)
-    return Image(img.array, img.geometry, f"{ref}:{inner}")
-
-
-def _extract_folder(zip_path: Path, inner: str, dest: Path) -> int:
-    """Copy the files directly under ``inner/`` in the zip to ``dest/000000``, ... Returns the count."""
-    try:
-        with zipfile.ZipFile(zip_path) as zf:
-            members = [i for i in zf.infolist() if not i.is_dir()
-                       and posixpath.dirname(posixpath.normpath(i.filename.replace("\\", "/"))) == inner]
-            for k, info in enumerate(members):
-                with zf.open(info) as src, open(dest / f"{k:06d}", "wb") as out:
-                    shutil.copyfileobj(src, out, 1 << 20)
-    except (zipfile.BadZipFile, OSError, EOFError, zipfile.LargeZipFile) as e:
-        raise CaseError(f"{zip_path}: cannot read zip archive ({e})") from None
-    return len(members)
+    return read_dicom_zip(ref, inner)

@@ -1,6 +1,7 @@
 """Hospital SIRT exports: one folder per patient, each with a DICOM CT series and a liver mask.
 
-Accepted per patient folder ``P`` (the patient id is the folder name):
+Accepted per folder ``P`` of INPUT (the patient id is the CT's DICOM PatientID, or the folder name
+when that is empty; scans of one patient are grouped into one fold by it):
 
 * one scan: ``P/CT/`` (or DICOM slices directly in ``P``) plus the mask;
 * several scans: sub-folders ``P/<scan>/`` each laid out as above (case ids ``sirt_P_<scan>``,
@@ -44,7 +45,8 @@ class SirtConverter(Converter):
                 mask = _mask_file(scan)
                 parts = [self.source, patient.name] + ([scan.name] if scan != patient else [])
                 originals = (str(ct),) + ((str(mask),) if mask and mask.parent != ct else ())
-                cases.append(SourceCase(make_case_id(*parts), make_case_id(self.source, patient.name),
+                pid = _dicom_patient_id(ct) or patient.name
+                cases.append(SourceCase(make_case_id(*parts), make_case_id(self.source, pid),
                                         str(ct), str(mask) if mask else None, originals))
         return cases
 
@@ -85,12 +87,25 @@ def _mask_file(scan: Path) -> Path | None:
     return None
 
 
-def _modality(path: Path) -> str:
+def _header_value(path: Path, keyword: str) -> str:
+    """One header value of a DICOM file ('' when absent or unreadable)."""
     import pydicom
 
     if not is_dicom_file(path):
         return ""
     try:
-        return str(pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Modality"]).get("Modality", ""))
-    except Exception:  # noqa: BLE001 - an unreadable file is simply not an RTSTRUCT
+        return str(pydicom.dcmread(path, stop_before_pixels=True, specific_tags=[keyword]).get(keyword, "")).strip()
+    except Exception:  # noqa: BLE001 - an unreadable file simply has no usable value
         return ""
+
+
+def _modality(path: Path) -> str:
+    return _header_value(path, "Modality")
+
+
+def _dicom_patient_id(ct: Path) -> str:
+    """PatientID of the first DICOM file of the CT folder: an export names its folders per scan
+    (``<id>_<date>``), so the header, not the folder, says which scans share a patient."""
+    if not ct.is_dir():
+        return ""
+    return next((v for v in (_header_value(f, "PatientID") for f in _files(ct)[:5]) if v), "")

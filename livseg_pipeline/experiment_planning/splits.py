@@ -6,17 +6,20 @@ are grouped first (same ``patient_id``, or the same scan found twice by
 to one fold (largest groups first, each to the fold with the fewest cases; groups of equal size in
 an order fixed by the seed). Cases with training weight 0 (``--duplicates drop``) are left out.
 
-The file is the user's to edit: it is never overwritten unless asked (``overwrite=True``,
-``lvs_convert --overwrite-splits``); an existing file is checked and its problems are printed.
+The file is the user's to edit. livseg notes the sha256 of each file it writes in
+``.splits_final.sha256`` beside it: while the file is as livseg wrote it, it is rebuilt when the dataset
+changes (a new source was added); once edited by hand it is never overwritten unless asked
+(``overwrite=True``, ``lvs_convert --overwrite-splits``), only checked, and its problems printed.
 """
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
 
-from livseg_pipeline.utils.files import load_json, save_json
+from livseg_pipeline.utils.files import atomic_path, load_json, save_json
 
 DEFAULT_SEED = 12345  # nnU-Net's seed for its 5-fold split
 DEFAULT_FOLDS = 5
@@ -141,6 +144,9 @@ def make_splits(raw_dataset_dir: str | Path, n_folds: int = DEFAULT_FOLDS, seed:
     raw_dir = Path(raw_dataset_dir)
     cases = load_json(raw_dir / "dataset.json").get("cases", {})
     path = raw_dir / "splits_final.json"
+    stamp = raw_dir / ".splits_final.sha256"
+    if path.exists() and not overwrite and _sha256(path) == _read(stamp):
+        overwrite = True  # still exactly as livseg wrote it: not a user's edit
     if path.exists() and not overwrite:
         try:
             splits = load_json(path)
@@ -154,6 +160,16 @@ def make_splits(raw_dataset_dir: str | Path, n_folds: int = DEFAULT_FOLDS, seed:
         return splits if isinstance(splits, list) else []
     splits = build_splits(cases, n_folds, seed)
     save_json(splits, path)
+    with atomic_path(stamp) as tmp:
+        tmp.write_text(_sha256(path) + "\n")
     if verbose:
         print(f"splits: {len(splits)} folds, val sizes {[len(f['val']) for f in splits]} -> {path.name}")
     return splits
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _read(path: Path) -> str:
+    return path.read_text().strip() if path.exists() else ""
