@@ -123,6 +123,17 @@ def _bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
     return tuple(box)
 
 
+def _nearest(src: np.ndarray, dst: np.ndarray, spacing: np.ndarray) -> np.ndarray:
+    """For each voxel of ``src`` (C order), the distance to the nearest voxel of ``dst``."""
+    d = np.zeros(int(np.count_nonzero(src)))
+    # Voxels on both surfaces are at distance 0; with good agreement that is most of them.
+    away = ~dst[src]
+    if away.any():
+        tree = cKDTree(np.argwhere(dst) * spacing, balanced_tree=False, compact_nodes=False)
+        d[away] = tree.query(np.argwhere(src & ~dst) * spacing, k=1)[0]
+    return d
+
+
 def surface_distances(a: np.ndarray, b: np.ndarray, spacing: Sequence[float], connectivity: int = 1,
                       method: str = "kdtree") -> tuple[np.ndarray, np.ndarray]:
     """Directed surface distances in mm: ``(d_ab, d_ba)``, one value per surface voxel of a (of b).
@@ -149,9 +160,7 @@ def surface_distances(a: np.ndarray, b: np.ndarray, spacing: Sequence[float], co
     # and no distance (surface_mask pads the crop with background, as outside the array).
     sa, sb = surface_mask(a[box], connectivity), surface_mask(b[box], connectivity)
     if method == "kdtree":
-        pa, pb = np.argwhere(sa) * s, np.argwhere(sb) * s
-        d_ab = cKDTree(pb).query(pa, k=1)[0]
-        d_ba = cKDTree(pa).query(pb, k=1)[0]
+        d_ab, d_ba = _nearest(sa, sb, s), _nearest(sb, sa, s)
     elif method == "edt":
         d_ab = ndimage.distance_transform_edt(~sb, sampling=s)[sa]
         d_ba = ndimage.distance_transform_edt(~sa, sampling=s)[sb]
