@@ -152,7 +152,7 @@ def postprocess(probabilities: np.ndarray, spacing_zyx, threshold: float = 0.5, 
     spacing_zyx = tuple(float(s) for s in spacing_zyx)
     voxel_ml = float(np.prod(spacing_zyx)) / 1000.0
     structure = connectivity_structure(connectivity)
-    thresholded = np.asarray(probabilities) >= threshold
+    thresholded = _at_least(probabilities, threshold)
     out = np.zeros(thresholded.shape, dtype=np.uint8)
     n_thr = int(np.count_nonzero(thresholded))
     if n_thr == 0:
@@ -174,6 +174,14 @@ def postprocess(probabilities: np.ndarray, spacing_zyx, threshold: float = 0.5, 
                                 core_found)
 
 
+def _at_least(probabilities: np.ndarray, threshold: float) -> np.ndarray:
+    # compare in float32 whatever the storage (float16 CV files): one rule for sweep and prediction
+    p = np.asarray(probabilities)
+    if p.dtype != np.float32:
+        p = p.astype(np.float32)
+    return p >= np.float32(threshold)
+
+
 def threshold_only(probabilities: np.ndarray, threshold: float = 0.5) -> np.ndarray:
     """The thresholded mask (uint8) when post-processing is off."""
-    return (np.asarray(probabilities) >= threshold).astype(np.uint8)
+    return _at_least(probabilities, threshold).view(np.uint8)
