@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+from skimage.draw import line as draw_line
 from skimage.draw import polygon as fill_polygon
 from skimage.draw import polygon_perimeter
 
@@ -251,7 +252,13 @@ def _rasterise(contours: list[pydicom.Dataset], series: ReferencedSeries, path: 
             rr, cc = fill_polygon(row, col, shape=(ny, nx))
             parity[k, rr, cc] ^= True
         if np.allclose(col, np.round(col), atol=1e-3) and np.allclose(row, np.round(row), atol=1e-3):
-            rr, cc = polygon_perimeter(np.round(row).astype(int), np.round(col).astype(int), shape=(ny, nx))
+            ri, ci = np.round(row).astype(int), np.round(col).astype(int)
+            if len(pts) >= 3:
+                rr, cc = polygon_perimeter(ri, ci, shape=(ny, nx))
+            else:  # a one- or two-pixel region: skimage cannot trace a perimeter through < 3 points
+                rr, cc = draw_line(ri[0], ci[0], ri[-1], ci[-1])
+                inside = (rr >= 0) & (rr < ny) & (cc >= 0) & (cc < nx)
+                rr, cc = rr[inside], cc[inside]
             border[k, rr, cc] = True
     if off_slice:
         warnings.warn(f"{path}: {off_slice} contours lie between or outside the slices of the series and were "
