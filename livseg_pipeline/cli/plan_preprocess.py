@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         hw = detect_hardware()
         fp_np = args.num_processes if args.num_processes > 0 else hw.cpu_cores
-        plans, path, _ = plan_and_save(raw_dir, pre_dir, args.preset, fp_np, args.replan)
+        plans, path, _ = plan_and_save(raw_dir, pre_dir, args.preset, fp_np, args.replan, hardware=hw)
     except (PlansError, FileNotFoundError, ValueError) as e:
         print(f"lvs_plan_preprocess: {e}", file=sys.stderr)
         return 2

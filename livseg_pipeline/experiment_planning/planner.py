@@ -312,7 +312,8 @@ def plans_path(preprocessed_dataset_dir: str | Path, plans_name: str) -> Path:
 
 
 def plan_and_save(raw_dataset_dir: str | Path, preprocessed_dataset_dir: str | Path, preset: str = "paper",
-                  num_processes: int = 2, replan: bool = False, verbose: bool = True) -> tuple[Plans, Path, bool]:
+                  num_processes: int = 2, replan: bool = False, verbose: bool = True,
+                  hardware: Hardware | None = None) -> tuple[Plans, Path, bool]:
     """Plan and write ``plans.json``; an existing one (possibly hand-edited) is kept unless ``replan``.
     Returns ``(plans, path, planned_now)``."""
     name = load_preset(preset).plans_name
@@ -322,7 +323,7 @@ def plan_and_save(raw_dataset_dir: str | Path, preprocessed_dataset_dir: str | P
         if verbose:
             print(f"[plan] using the existing {path} (--replan plans again from the preset)", flush=True)
         return plans, path, False
-    plans = plan_experiment(raw_dataset_dir, preset, num_processes, verbose=verbose)
+    plans = plan_experiment(raw_dataset_dir, preset, num_processes, hardware, verbose)
     save_plans(plans, path)
     if verbose:
         print(f"[plan] wrote {path}", flush=True)
