@@ -34,7 +34,8 @@ def metric_boxplots(groups: Mapping[str, Sequence[Mapping]], path: str | Path, t
         if key == "rv":
             ax.axhspan(*RV_RANGE, color="tab:green", alpha=0.12, label="0.9-1.1")
             ax.legend(loc="best", fontsize="small")
-        ax.boxplot(data, tick_labels=labels, showfliers=False, widths=0.5)
+        ax.boxplot(data, showfliers=False, widths=0.5)
+        ax.set_xticks(range(1, len(labels) + 1), labels)  # boxplot's own label keyword changed in 3.9
         for i, v in enumerate(data, start=1):
             ax.scatter(i + rng.uniform(-0.12, 0.12, v.size), v, s=10, alpha=0.6, color="tab:blue", zorder=3)
         ax.set_title(name + (f"\n({left_out} non-finite value(s) not drawn)" if left_out else ""), fontsize="medium")
