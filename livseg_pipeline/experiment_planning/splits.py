@@ -115,7 +115,7 @@ def check_splits(splits: list, cases: dict[str, dict]) -> list[str]:
         return ["not a list of {'train': [...], 'val': [...]}"]
     fold_of: dict[str, int] = {}
     for k, f in enumerate(splits):
-        unknown = sorted(set(f["train"]) | set(f["val"]) - set(cases))
+        unknown = sorted((set(f["train"]) | set(f["val"])) - set(cases))
         if unknown:
             problems.append(f"fold {k}: unknown cases {unknown[:5]}")
         both = sorted(set(f["train"]) & set(f["val"]))

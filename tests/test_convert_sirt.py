@@ -1,0 +1,70 @@
+"""SIRT exports with the liver as a DICOM RTSTRUCT: rasterised onto the CT grid; ambiguous ROIs and
+missing masks are clear one-line failures of that case only."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from dataset_conversion import CONVERTERS, run_conversion
+from livseg_pipeline.phantom.cohort import write_cohort
+
+
+@pytest.fixture(scope="module")
+def sirt_rtstruct(tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("sirt_rt")
+    manifest = write_cohort(out, n_cases=2, seed=5, layouts=("sirt",), hard_cases=(), plant_duplicate=False,
+                            size_scale=0.3, sirt_mask_format="rtstruct")
+    return out, manifest
+
+
+def _add_second_liver_roi(rtstruct: Path) -> None:
+    ds = pydicom.dcmread(rtstruct)
+    roi = copy.deepcopy(ds.StructureSetROISequence[0])
+    roi.ROINumber, roi.ROIName = 99, "Liver_old"
+    ds.StructureSetROISequence.append(roi)
+    contour = copy.deepcopy(ds.ROIContourSequence[0])
+    contour.ReferencedROINumber = 99
+    ds.ROIContourSequence.append(contour)
+    pydicom.dcmwrite(rtstruct, ds, enforce_file_format=True)
+
+
+def test_rtstruct_masks(sirt_rtstruct, tmp_path: Path, monkeypatch, capsys) -> None:
+    cohort, manifest = sirt_rtstruct
+    sirt = tmp_path / "SIRT"
+    shutil.copytree(cohort / "SIRT", sirt)
+    scans = sorted(p for p in sirt.iterdir() if p.is_dir())
+    assert len(scans) == 2
+    # a third scan folder: ambiguous liver ROIs; a fourth: no mask at all
+    ambiguous = sirt / "LVS-P900_20200101"
+    shutil.copytree(scans[0], ambiguous)
+    _add_second_liver_roi(next(ambiguous.glob("*.dcm")))
+    no_mask = sirt / "LVS-P901_20200101"
+    shutil.copytree(scans[1] / "CT", no_mask / "CT")
+
+    monkeypatch.setenv("LVS_RAW", str(tmp_path / "raw"))
+    report = run_conversion(CONVERTERS["sirt"](), sirt, 400, "Sirt", num_processes=2, verbose=True)
+    out = capsys.readouterr().out
+    failed = {c: r["reason"] for c, r in report["cases"].items() if r["status"] == "failed"}
+    assert set(failed) == {"sirt_LVS-P900_20200101", "sirt_LVS-P901_20200101"}
+    assert "2 ROIs match" in failed["sirt_LVS-P900_20200101"] and "Liver_old" in failed["sirt_LVS-P900_20200101"]
+    assert "no liver mask" in failed["sirt_LVS-P901_20200101"]
+    assert all(reason in out for reason in failed.values())
+
+    ds_dir = tmp_path / "raw" / "Dataset400_Sirt"
+    fp = json.loads((ds_dir / "fingerprint.json").read_text())["cases"]
+    for rec in manifest["cases"]:
+        case = f"sirt_{rec['native_id']}"
+        # contours drawn through border pixel centres come back to the same voxels
+        assert fp[case]["liver_volume_ml"] == pytest.approx(rec["liver_volume_ml"], rel=0.01)
+        assert fp[case]["liver_side"] == "right"
+    # patient id from the DICOM header: both scans of LVS-P001 share one patient and one fold
+    ds = json.loads((ds_dir / "dataset.json").read_text())["cases"]
+    assert {r["patient_id"] for r in ds.values()} == {"sirt_LVS-P001"}
+    splits = json.loads((ds_dir / "splits_final.json").read_text())
+    assert len(splits) == 1 and sorted(splits[0]["val"]) == sorted(ds)
