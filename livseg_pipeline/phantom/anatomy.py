@@ -89,21 +89,31 @@ def diaphragm_z(plan: BodyPlan, X: np.ndarray, Y: np.ndarray) -> np.ndarray:
     return np.maximum(zr, zl) - 0.35 * np.maximum(Y - 0.1 * plan.Bi, 0)
 
 
-def body_level(plan: BodyPlan, box: Box, shrink: float = 0.0) -> np.ndarray:
-    """Superellipse level of the body outline shrunk by ``shrink`` mm (<= 1 inside)."""
-    wob = 1.0 + 0.025 * plan.fields["body"].sample(box)
+def body_level(plan: BodyPlan, grid: Grid, shrink: float = 0.0) -> np.ndarray:
+    """Superellipse level (y, x) of the body outline shrunk by ``shrink`` mm (<= 1 inside); the
+    section changes slowly along z through :func:`body_scale`."""
+    plane = grid.box((-1e9, -1e9, -1e9), (1e9, 1e9, 1e9))
+    plane = Box((slice(0, 1),) + plane.slices[1:], plane.X, plane.Y, np.full((1, 1, 1), -60.0, np.float32))
+    wob = 1.0 + 0.025 * plan.fields["body"].sample(plane)[0]
+    X, Y = plane.X[0], plane.Y[0]
     a, b = (plan.A - shrink) * wob, (plan.B - shrink) * wob
     # Flatter back (the patient lies on the table).
-    yy = np.where(box.Y > 0, np.abs(box.Y / b) ** 2.8, (box.Y / b) ** 2)
-    return np.abs(box.X / a) ** 2.2 + yy
+    yy = np.where(Y > 0, np.abs(Y / b) ** 2.8, (Y / b) ** 2)
+    return np.abs(X / a) ** 2.2 + yy
+
+
+def body_scale(plan: BodyPlan, z: np.ndarray) -> np.ndarray:
+    """Level threshold along z: the chest section is slightly larger than the waist."""
+    return (1.0 + 0.04 * np.clip((z + 60) / 120.0, -1, 1)) ** 2.2
 
 
 def paint_body(tissue: np.ndarray, grid: Grid, plan: BodyPlan) -> dict[str, np.ndarray]:
     """Skin/fat, muscle wall, cavity contents (visceral fat), thorax (lungs, heart) and the table."""
     box = grid.full()
-    body = body_level(plan, box) <= 1
-    wall = body_level(plan, box, plan.fat) <= 1
-    cavity = body_level(plan, box, plan.fat + plan.muscle) <= 1
+    sc = body_scale(plan, box.Z)
+    body = body_level(plan, grid)[None] <= sc
+    wall = body_level(plan, grid, plan.fat)[None] <= sc
+    cavity = body_level(plan, grid, plan.fat + plan.muscle)[None] <= sc
     tissue[body] = T.FAT
     tissue[wall] = T.MUSCLE
     zd = diaphragm_z(plan, box.X, box.Y)
@@ -306,7 +316,7 @@ def liver_mask(grid: Grid, plan: BodyPlan, below: np.ndarray, cavity: np.ndarray
         right_r = right_r * (0.95, 0.72, 1.45)
         right_c = right_c + (0, -0.15 * bi, -45)
         riedel += 30
-    box = grid.box((-ai - 5, -bi - 5, -330), (ai + 5, bi + 5, 30))
+    box = grid.box((-ai - 5, -bi - 5, -300), (ai + 5, bi + 5, 30))
     if box.empty:
         return box, np.zeros(box.shape, bool)
     amp = plan.liver_warp

@@ -86,9 +86,15 @@ def _lps_slices(image: Image) -> Image:
     return reorient(image, "LPS")
 
 
+def _set_sop(ds: Dataset, sop_uid: str) -> None:
+    ds.SOPInstanceUID = sop_uid
+    ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
+
+
 def iter_ct_slices(image: Image, info: SeriesInfo, style: str = "hospital",
                    slice_thickness: float | None = None) -> Iterator[tuple[int, Dataset]]:
-    """Yield ``(k, dataset)`` per axial slice, ``k = 0`` most caudal.
+    """Yield ``(k, dataset)`` per axial slice, ``k = 0`` most caudal. The same dataset object is
+    updated for every slice (encoding dominates the cost): write it out before the next one.
 
     ``style='hospital'``: real geometry, unsigned storage with RescaleIntercept -1024.
     ``style='ircad'``: ImagePositionPatient (0, 0, z), signed storage, intercept 0, clipped to +-1024.
@@ -96,52 +102,57 @@ def iter_ct_slices(image: Image, info: SeriesInfo, style: str = "hospital",
     img = _lps_slices(image)
     sx, sy, sz = img.geometry.spacing
     ox, oy, oz = img.geometry.origin
-    n = img.array.shape[0]
-    for k in range(n):
-        sop = make_uid(info.series_uid, "slice", k)
-        ds = _base_dataset(info, sop)
-        hu = img.array[k].astype(np.int32)
+    ds = _base_dataset(info, make_uid(info.series_uid, "slice", 0))
+    ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    ds.PixelSpacing = [round(sy, 6), round(sx, 6)]
+    ds.SliceThickness = round(slice_thickness or sz, 4)
+    ds.SpacingBetweenSlices = round(sz, 4)
+    ds.Rows, ds.Columns = img.array.shape[1:]
+    ds.WindowCenter, ds.WindowWidth = 40, 400
+    ds.RescaleSlope = 1
+    if style == "ircad":
+        ds.RescaleIntercept = 0
+        ds.PixelRepresentation, ds.BitsAllocated, ds.BitsStored, ds.HighBit = 1, 16, 16, 15
+        vol = np.clip(img.array, -1024, 1024).astype(np.int16)
+    else:
+        ds.RescaleIntercept = -1024
+        ds.RescaleType = "HU"
+        ds.PixelRepresentation, ds.BitsAllocated, ds.BitsStored, ds.HighBit = 0, 16, 12, 11
+        ds.PatientPosition = "FFS"
+        ds.KVP = 120
+        vol = np.clip(img.array.astype(np.int32) + 1024, 0, 4095).astype(np.uint16)
+    for k in range(img.array.shape[0]):
+        _set_sop(ds, make_uid(info.series_uid, "slice", k))
+        z = round(oz + k * sz, 4)
         if style == "ircad":
             ds.ImagePositionPatient = [0.0, 0.0, round(k * sz, 4)]
-            ds.RescaleIntercept, ds.RescaleSlope = 0, 1
-            pix = np.clip(hu, -1024, 1024).astype(np.int16)
-            ds.PixelRepresentation, ds.BitsAllocated, ds.BitsStored, ds.HighBit = 1, 16, 16, 15
+            ds.InstanceNumber = k
         else:
-            ds.ImagePositionPatient = [round(ox, 4), round(oy, 4), round(oz + k * sz, 4)]
-            ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
-            ds.RescaleType = "HU"
-            pix = np.clip(hu + 1024, 0, 4095).astype(np.uint16)
-            ds.PixelRepresentation, ds.BitsAllocated, ds.BitsStored, ds.HighBit = 0, 16, 12, 11
-            ds.SliceLocation = round(oz + k * sz, 4)
-            ds.PatientPosition = "FFS"
-            ds.KVP = 120
-        ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
-        ds.PixelSpacing = [round(sy, 6), round(sx, 6)]
-        ds.SliceThickness = round(slice_thickness or sz, 4)
-        ds.SpacingBetweenSlices = round(sz, 4)
-        ds.InstanceNumber = k + 1 if style != "ircad" else k
-        ds.Rows, ds.Columns = pix.shape
-        ds.WindowCenter, ds.WindowWidth = 40, 400
-        ds.PixelData = pix.tobytes()
+            ds.ImagePositionPatient = [round(ox, 4), round(oy, 4), z]
+            ds.SliceLocation = z
+            ds.InstanceNumber = img.array.shape[0] - k     # head first: instance 1 is the top slice
+        ds.PixelData = vol[k].tobytes()
         yield k, ds
 
 
 def iter_mask_slices(mask: Image, info: SeriesInfo, value: int = 255) -> Iterator[tuple[int, Dataset]]:
-    """3D-IRCADb mask slices: 8-bit, 0 / ``value``, same simplified geometry as the CT."""
+    """3D-IRCADb mask slices: 8-bit, 0 / ``value``, same simplified geometry as the CT (one dataset
+    object updated per slice, as in :func:`iter_ct_slices`)."""
     img = _lps_slices(mask)
     sx, sy, sz = img.geometry.spacing
+    ds = _base_dataset(info, make_uid(info.series_uid, "mask", 0))
+    ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    ds.PixelSpacing = [round(sy, 6), round(sx, 6)]
+    ds.SliceThickness = round(sz, 4)
+    ds.RescaleIntercept, ds.RescaleSlope = 0, 1
+    ds.PixelRepresentation, ds.BitsAllocated, ds.BitsStored, ds.HighBit = 0, 8, 8, 7
+    ds.Rows, ds.Columns = img.array.shape[1:]
+    vol = (img.array > 0).astype(np.uint8) * np.uint8(value)
     for k in range(img.array.shape[0]):
-        ds = _base_dataset(info, make_uid(info.series_uid, "mask", k))
+        _set_sop(ds, make_uid(info.series_uid, "mask", k))
         ds.ImagePositionPatient = [0.0, 0.0, round(k * sz, 4)]
-        ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
-        ds.PixelSpacing = [round(sy, 6), round(sx, 6)]
-        ds.SliceThickness = round(sz, 4)
         ds.InstanceNumber = k
-        ds.RescaleIntercept, ds.RescaleSlope = 0, 1
-        pix = (img.array[k] > 0).astype(np.uint8) * np.uint8(value)
-        ds.PixelRepresentation, ds.BitsAllocated, ds.BitsStored, ds.HighBit = 0, 8, 8, 7
-        ds.Rows, ds.Columns = pix.shape
-        ds.PixelData = pix.tobytes()
+        ds.PixelData = vol[k].tobytes()
         yield k, ds
 
 

@@ -175,13 +175,14 @@ def _render_hu(tissue: np.ndarray, delta: np.ndarray, table: dict[T, HU], grid: 
     texture = grid_noise(rng, grid.shape, (3.0 / sz, 3.0 / sy, 3.0 / sx))
     hu += tex[tissue] * texture
     # Lung: small bright vessels in the parenchyma.
-    lung = tissue == T.LUNG
-    if lung.any():
-        vess = grid_noise(rng, grid.shape, (1.5 / sz, 1.5 / sy, 1.5 / sx))
-        hu[lung & (vess > 2.0)] += 500
+    zl = np.flatnonzero((tissue == T.LUNG).any(axis=(1, 2)))
+    if len(zl):
+        sl = slice(zl[0], zl[-1] + 1)
+        vess = grid_noise(rng, hu[sl].shape, (1.5 / sz, 1.5 / sy, 1.5 / sx))
+        hu[sl][(tissue[sl] == T.LUNG) & (vess > 2.0)] += 500
     # Partial volume: in-plane point spread and the slice profile.
     sig = (0.45 * acq.slice_thickness / sz, acq.blur_mm / sy, acq.blur_mm / sx)
-    hu = ndimage.gaussian_filter(hu, sig, mode="nearest")
+    hu = ndimage.gaussian_filter(hu, sig, mode="nearest", truncate=3.0)
     # CT noise is correlated in-plane (reconstruction kernel) and roughly independent across slices.
     noise = grid_noise(rng, grid.shape, (0.0, 0.7, 0.7))
     hu += acq.noise_sd * noise

@@ -120,10 +120,6 @@ def write_ircadb(case: PhantomCase, root: Path, index: int, mask_value: int = 25
     masks = {"liver": case.label}
     if case.tumour is not None and case.tumour.array.any():
         masks["livertumor01"] = case.tumour
-    if case.tissue is not None:
-        from livseg_pipeline.phantom.tissues import T
-        masks["portalvein"] = case.tissue.with_array((case.tissue.array == T.PORTAL_VEIN).astype(np.uint8))
-        masks["spleen"] = case.tissue.with_array((case.tissue.array == T.SPLEEN).astype(np.uint8))
     members = [(f"MASKS_DICOM/{name}/image_{k}", dataset_bytes(ds))
                for j, (name, m) in enumerate(masks.items())
                for k, ds in iter_mask_slices(m, info(name, 10 + j), mask_value)]

@@ -6,7 +6,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from scipy import ndimage
 
 from livseg_pipeline.phantom.shapes import Grid, ellipsoid, ellipsoid_level, rotation
 from livseg_pipeline.phantom.tissues import LIVER_TISSUES, T
@@ -54,22 +53,26 @@ def draw_lesions(rng: np.random.Generator, liver_hu: float, contrast: str, hard:
 def place_lesions(tissue: np.ndarray, grid: Grid, recipes: list[dict], rng: np.random.Generator,
                   delta: np.ndarray, table_hu: dict) -> list[Lesion]:
     """Paint lesions into the liver (tissue map) and their per-lesion HU offsets into ``delta``."""
-    liver = np.isin(tissue, np.asarray([T.LIVER], np.uint8))
+    liver = tissue == T.LIVER
     if not liver.any() or not recipes:
         return []
-    sp = np.array([grid.x[1] - grid.x[0] if len(grid.x) > 1 else 1.0,
-                   grid.y[1] - grid.y[0] if len(grid.y) > 1 else 1.0,
-                   grid.z[1] - grid.z[0] if len(grid.z) > 1 else 1.0], float)
-    # Distance to the liver surface (mm) decides where a lesion of a given size fits.
-    depth = ndimage.distance_transform_edt(liver, sampling=(sp[2], sp[1], sp[0]))
+    cand = np.flatnonzero(liver.ravel())
     lesions = []
     liver_ids = np.asarray(LIVER_TISSUES, np.uint8)
     for rec in sorted(recipes, key=lambda r: -r["size"]):
-        want = min(rec["size"] * 0.8, float(depth.max()) * 0.9)
-        cand = np.flatnonzero(depth.ravel() >= want)
-        if len(cand) == 0:
-            continue
-        iz, iy, ix = np.unravel_index(cand[rng.integers(len(cand))], depth.shape)
+        # A centre where most of a ball of ~the lesion size is liver (tries random liver voxels;
+        # cheaper than a distance transform of the whole liver).
+        best, best_frac = None, -1.0
+        for _ in range(25):
+            iz, iy, ix = np.unravel_index(cand[rng.integers(len(cand))], liver.shape)
+            c = (float(grid.x[ix]), float(grid.y[iy]), float(grid.z[iz]))
+            box, ball = ellipsoid(grid, c, (rec["size"] * 1.1,) * 3)
+            frac = float(liver[box.slices][ball].mean()) if ball.any() else 0.0
+            if frac > best_frac:
+                best, best_frac = (iz, iy, ix), frac
+            if frac > 0.97:
+                break
+        iz, iy, ix = best
         c = (float(grid.x[ix]), float(grid.y[iy]), float(grid.z[iz]))
         if rec.get("round"):
             radii = (rec["size"],) * 3
@@ -81,11 +84,11 @@ def place_lesions(tissue: np.ndarray, grid: Grid, recipes: list[dict], rng: np.r
         m &= np.isin(view, liver_ids)
         tis = KIND_TISSUE[rec["kind"]]
         view[m] = tis
+        liver[box.slices][m] = False
         delta[box.slices][m] = rec["hu"] - table_hu[tis].mean
         if rec["rim"] > 0:
             inner = ellipsoid_level(box, c, tuple(r - 2.5 for r in radii), rot) <= 1
             ring = m & ~inner
             delta[box.slices][ring] += rec["rim"]
-        depth[box.slices][m] = 0
         lesions.append(Lesion(c, radii, rec["kind"], rec["hu"], rec["rim"]))
     return lesions

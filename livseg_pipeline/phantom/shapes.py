@@ -167,29 +167,25 @@ class SmoothField:
         lat = ndimage.gaussian_filter(rng.standard_normal((n[2], n[1], n[0])), 1.5, mode="wrap")
         self.lattice = (lat / (lat.std() + 1e-9)).astype(np.float32)
 
-    def _weights(self, q: np.ndarray, axis: int) -> tuple[np.ndarray, int]:
+    def _index(self, q: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
         n = self.lattice.shape[2 - axis]
-        f = np.clip((np.asarray(q, float) - self.LO[axis]) / self.h, 0, n - 1.001)
-        i0 = np.floor(f).astype(int)
-        lo = int(i0.min()) if len(i0) else 0
-        hi = int(i0.max()) + 2 if len(i0) else 1
-        w = np.zeros((len(q), hi - lo), np.float32)
-        rows = np.arange(len(q))
-        w[rows, i0 - lo] = 1 - (f - i0)
-        w[rows, i0 - lo + 1] = f - i0
-        return w, lo
+        f = np.clip((np.asarray(q, np.float32) - self.LO[axis]) / self.h, 0, n - 1.001)
+        i0 = np.floor(f).astype(np.intp)
+        return i0, (f - i0).astype(np.float32)
 
     def sample(self, box: Box) -> np.ndarray:
-        """Field values on ``box`` (shape of the box)."""
+        """Field values on ``box`` (shape of the box): separable linear interpolation, the small
+        lattice axes first so that the full-size step is a cheap two-point blend."""
         if box.empty:
             return np.zeros(box.shape, np.float32)
-        wx, x0 = self._weights(box.X.ravel(), 0)
-        wy, y0 = self._weights(box.Y.ravel(), 1)
-        wz, z0 = self._weights(box.Z.ravel(), 2)
-        lat = self.lattice[z0:z0 + wz.shape[1], y0:y0 + wy.shape[1], x0:x0 + wx.shape[1]]
-        out = lat @ wx.T                                   # (Lz, Ly, nx)
-        out = np.einsum("yk,zkx->zyx", wy, out)            # (Lz, ny, nx)
-        out = np.tensordot(wz, out, axes=([1], [0]))       # (nz, ny, nx)
+        out = self.lattice
+        for axis, q in ((2, box.Z.ravel()), (1, box.Y.ravel()), (0, box.X.ravel())):
+            i0, f = self._index(q, axis)
+            ax = 2 - axis                                   # array axis (z, y, x)
+            shape = [1, 1, 1]
+            shape[ax] = -1
+            f = f.reshape(shape)
+            out = np.take(out, i0, axis=ax) * (1 - f) + np.take(out, i0 + 1, axis=ax) * f
         return out.astype(np.float32, copy=False)
 
 
@@ -197,5 +193,5 @@ def grid_noise(rng: np.random.Generator, shape: Sequence[int], sigma_vox: Sequen
     """Gaussian-correlated white noise on a voxel grid, rescaled to unit standard deviation."""
     n = rng.standard_normal(tuple(shape), dtype=np.float32)
     if any(s > 0 for s in sigma_vox):
-        n = ndimage.gaussian_filter(n, sigma_vox, mode="reflect")
+        n = ndimage.gaussian_filter(n, sigma_vox, mode="reflect", truncate=3.0)
     return n / (float(n.std()) + 1e-9)
