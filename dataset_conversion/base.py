@@ -218,9 +218,13 @@ def _write_case(image: Image, mask: np.ndarray, dataset_dir: Path, case_id: str)
         sitk.WriteImage(ct, str(tmp_img), True)
 
 
-def convert_case(converter: Converter, case: SourceCase, dataset_dir: Path,
-                 known_source_hash: str | None) -> CaseResult:
-    """Read, validate and write one case; never raises for a bad case (the reason is returned)."""
+def convert_case(converter: Converter, case: SourceCase, dataset_dir: Path, known: dict | None) -> CaseResult:
+    """Read, validate and write one case; never raises for a bad case (the reason is returned).
+
+    ``known`` is the case's record from an earlier run: the same input bytes (even moved elsewhere)
+    make the case ``unchanged``; changed bytes at the same paths make it ``updated``; other bytes
+    at other paths under the same case id are refused (two different scans, one id).
+    """
     t0 = time.perf_counter()
     try:
         missing = [p for p in case.paths() if not Path(p).exists()]
@@ -228,8 +232,15 @@ def convert_case(converter: Converter, case: SourceCase, dataset_dir: Path,
             what = "label" if case.label_ref and missing[0] == case.label_ref else "input"
             raise CaseError(f"{missing[0]}: {what} file missing")
         source_hash = hash_paths(case.paths())
-        if source_hash == known_source_hash and all(p.exists() for p in output_paths(dataset_dir, case.case_id)):
-            return CaseResult(case.case_id, "unchanged", seconds=time.perf_counter() - t0)
+        paths = [str(Path(p).resolve()) for p in case.paths()]
+        if known:
+            if source_hash == known.get("source_hash") and all(
+                    p.exists() for p in output_paths(dataset_dir, case.case_id)):
+                return CaseResult(case.case_id, "unchanged", record=dict(known, original_paths=paths),
+                                  seconds=time.perf_counter() - t0)
+            if known.get("original_paths") != paths:
+                raise CaseError(f"{case.image_ref}: case id {case.case_id} already holds another scan "
+                                f"({(known.get('original_paths') or ['?'])[0]}); not overwritten")
         image = converter.read_image(case)
         label = converter.read_label(case, image)
         mask = converter.liver_mask(case, image, label)
@@ -239,12 +250,12 @@ def convert_case(converter: Converter, case: SourceCase, dataset_dir: Path,
         out = Image(ct, image.geometry, image.source)
         _write_case(out, mask, dataset_dir, case.case_id)
         fp = fingerprint_case(out, out.with_array(mask))
-        record = {"source": converter.source, "original_paths": [str(Path(p).resolve()) for p in case.paths()],
+        record = {"source": converter.source, "original_paths": paths,
                   "patient_id": case.patient_id, "group_id": case.patient_id,
                   "content_hash": fp["content_hash"], "source_hash": source_hash,
                   "training_weight": 1.0,
                   "converted_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
-        status = "updated" if known_source_hash else "converted"
+        status = "updated" if known else "converted"
         return CaseResult(case.case_id, status, record=record, fingerprint=fp, seconds=time.perf_counter() - t0)
     except (CaseError, ImageReadError) as e:
         return CaseResult(case.case_id, "failed", reason=str(e), seconds=time.perf_counter() - t0)
@@ -343,22 +354,22 @@ def run_conversion(converter: Converter, input_dir: str | Path, dataset_id: int,
     jobs = []
     for c in cases:
         rec = ds["cases"].get(c.case_id)
-        if rec is not None:
-            new_paths = [str(Path(p).resolve()) for p in c.paths()]
-            if rec.get("source") != converter.source or rec.get("original_paths") != new_paths:
-                results[c.case_id] = CaseResult(
-                    c.case_id, "failed", reason=f"{c.image_ref}: case id {c.case_id} already holds "
-                    f"{rec.get('source')} input {(rec.get('original_paths') or ['?'])[0]}; not overwritten")
-                continue
-        jobs.append((converter, c, dataset_dir, rec.get("source_hash") if rec else None))
+        if rec is not None and rec.get("source") != converter.source:
+            results[c.case_id] = CaseResult(
+                c.case_id, "failed", reason=f"{c.image_ref}: case id {c.case_id} already holds a "
+                f"{rec.get('source')} case ({(rec.get('original_paths') or ['?'])[0]}); not overwritten")
+            continue
+        jobs.append((converter, c, dataset_dir, rec))
 
     fingerprints: dict[str, dict] = {}
     t0 = time.perf_counter()
     for res in _pool_map(_convert_case_star, jobs, num_processes, f"lvs_convert {converter.source}"):
         results[res.case_id] = res
-        if res.status in ("converted", "updated"):
+        if res.record:
             ds["cases"][res.case_id] = res.record
+        if res.fingerprint:
             fingerprints[res.case_id] = res.fingerprint
+        if res.status in ("converted", "updated"):
             _save_dataset_json(dataset_dir, ds)  # after every case: an interrupted run keeps its work
     _save_dataset_json(dataset_dir, ds)
 

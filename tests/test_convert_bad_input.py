@@ -103,3 +103,36 @@ def test_no_input_is_a_clear_error(tmp_path: Path, capsys) -> None:
     assert main(["msd", str(tmp_path), "-d", "9"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no msd cases found" in err and str(tmp_path) in err
+
+
+def test_rerun_converts_only_what_is_new_or_changed(bad_lits: Path, tmp_path: Path, capsys) -> None:
+    import shutil
+
+    src = tmp_path / "lits"
+    shutil.copytree(bad_lits, src)
+    assert main(["lits", str(src), "-d", "10", "-np", "1"]) == 1
+    # the user repairs case 5's label and replaces case 6 by a corrected scan
+    vol5 = read_image(src / "volume-5.nii")
+    write_image(vol5.with_array(read_image(src / "segmentation-4.nii").array // 3), src / "segmentation-5.nii",
+                compress=False)
+    vol6 = read_image(src / "volume-6.nii")
+    write_image(vol6.with_array((vol6.array + 1).astype(np.int16)), src / "volume-6.nii", compress=False)
+    capsys.readouterr()
+    assert main(["lits", str(src), "-d", "10", "-np", "1"]) == 1  # 1-4 still broken
+    ds_dir = next(Path(os.environ["LVS_RAW"]).glob("Dataset010_*"))
+    runs = json.loads((ds_dir / "conversion_report.json").read_text())["runs"]
+    assert len(runs) == 2
+    status = {c: r["status"] for c, r in runs[-1]["cases"].items()}
+    assert status == {"lits_000": "unchanged", "lits_001": "failed", "lits_002": "failed", "lits_003": "failed",
+                      "lits_004": "failed", "lits_005": "converted", "lits_006": "updated"}
+    ds = json.loads((ds_dir / "dataset.json").read_text())
+    assert sorted(ds["cases"]) == ["lits_000", "lits_005", "lits_006"]
+    np.testing.assert_array_equal(read_image(ds_dir / "imagesTr" / "lits_006_0000.nii.gz").array,
+                                  vol6.array + 1)
+    # the same files moved elsewhere are recognised by their bytes: nothing is converted again
+    moved = shutil.move(str(src), str(tmp_path / "moved"))
+    assert main(["lits", moved, "-d", "10", "-np", "1"]) == 1
+    last = json.loads((ds_dir / "conversion_report.json").read_text())["runs"][-1]
+    assert last["n_converted"] == 0 and last["n_unchanged"] == 3
+    ds = json.loads((ds_dir / "dataset.json").read_text())
+    assert ds["cases"]["lits_000"]["original_paths"][0].startswith(str(Path(moved).resolve()))
