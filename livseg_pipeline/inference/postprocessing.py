@@ -8,8 +8,9 @@ connected region; dilate it "back to its original size". Here:
    computed exactly as ``EDT(mask) > radius`` with the voxel spacing as sampling; outside the volume
    counts as background (as ``scipy.ndimage.binary_erosion`` does);
 3. the largest ``connectivity``-connected component of the eroded mask is kept (the "core");
-4. it is dilated back by the box enclosing that ball (half-widths ``floor(radius / spacing)`` voxels
-   per axis) **inside the thresholded mask**, and only the part connected to the core is kept.
+4. it is dilated back by the box enclosing that ball (half-widths ``ceil(radius / spacing)`` voxels
+   per axis, so that voxel rounding never leaves a hole in the surface) **inside the thresholded
+   mask**, and only the part connected to the core is kept.
 
 A bridge thinner than ``2 * radius`` is cut, the island beyond it dropped, and the liver kept. The box
 (rather than the ball) gives the convex corners of the liver back, which a ball opening would round
@@ -94,12 +95,12 @@ def erode(mask: np.ndarray, radius_mm: float, spacing_zyx) -> np.ndarray:
 
 
 def box_half_widths(radius_mm: float, spacing_zyx) -> tuple[int, int, int]:
-    """Voxels per axis of the box enclosing the ball of ``radius_mm``.
+    """Voxels per axis of the box enclosing the ball of ``radius_mm`` (rounded up).
 
-    >>> box_half_widths(4.2, (1.6, 0.57, 0.57))
-    (2, 7, 7)
+    >>> box_half_widths(4.2, (1.6, 0.57, 0.57)), box_half_widths(4.0, (2.0, 1.0, 1.0))
+    ((3, 8, 8), (2, 4, 4))
     """
-    return tuple(int(np.floor(radius_mm / s + 1e-9)) for s in spacing_zyx)  # type: ignore[return-value]
+    return tuple(int(np.ceil(radius_mm / s - 1e-9)) for s in spacing_zyx)  # type: ignore[return-value]
 
 
 def dilate_within(core: np.ndarray, limit: np.ndarray, radius_mm: float, spacing_zyx) -> np.ndarray:
