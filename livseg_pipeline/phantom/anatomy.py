@@ -27,7 +27,8 @@ class BodyPlan:
     muscle: float             # abdominal wall muscle thickness
     rv: float                 # vertebral body radius
     left_dome: float          # height of the left diaphragm dome relative to the right (mm, <0)
-    liver_scale: float
+    liver_scale: float        # set by calibrate_liver() so that the liver reaches liver_target_ml
+    liver_target_ml: float
     liver_shift: tuple[float, float, float]
     liver_yaw: float
     liver_warp: float         # amplitude of the smooth liver deformation (mm)
@@ -50,16 +51,17 @@ class BodyPlan:
     @property
     def y_spine(self) -> float:
         """y of the vertebral body centre."""
-        return self.B - self.fat - 48.0 - self.rv
+        return self.B - self.fat - 36.0 - self.rv
 
 
 def draw_body_plan(rng: np.random.Generator, abnormal: str | None = None) -> BodyPlan:
     """Draw a patient. ``abnormal`` plants an abnormal liver: ``'left_lateral'`` (left lobe reaching the
     far left, around the spleen) or ``'elongated'`` (long caudal right lobe, flat in AP)."""
-    A = rng.uniform(140, 180)
+    A = rng.uniform(150, 185)
+    target = rng.uniform(1250, 2000) if abnormal is None else rng.uniform(1700, 2400)
     plan = BodyPlan(
-        A=A, B=A * rng.uniform(0.68, 0.78), fat=rng.uniform(8, 32), muscle=rng.uniform(7, 12),
-        rv=rng.uniform(17, 21), left_dome=-rng.uniform(8, 22), liver_scale=rng.uniform(0.92, 1.08),
+        A=A, B=A * rng.uniform(0.74, 0.84), fat=rng.uniform(8, 32), muscle=rng.uniform(9, 15),
+        rv=rng.uniform(17, 21), left_dome=-rng.uniform(8, 22), liver_scale=1.0, liver_target_ml=target,
         liver_shift=tuple(rng.uniform(-8, 8, 3)), liver_yaw=rng.uniform(-6, 6),
         liver_warp=rng.uniform(6, 11), left_lobe=rng.uniform(0.75, 1.2), riedel=rng.uniform(0, 25),
         spleen_scale=rng.uniform(0.85, 1.2), stomach_fill=rng.uniform(0.15, 0.5),
@@ -68,7 +70,21 @@ def draw_body_plan(rng: np.random.Generator, abnormal: str | None = None) -> Bod
     for name, scale in (("liver_dx", 70), ("liver_dy", 70), ("liver_dz", 70), ("liver_bump", 35),
                         ("body", 90), ("bowel1", 45), ("bowel2", 45), ("bowel3", 30)):
         plan.fields[name] = SmoothField(rng, scale)
+    plan.fields["vessel_seed"] = int(rng.integers(2**31))
+    calibrate_liver(plan)
     return plan
+
+
+def calibrate_liver(plan: BodyPlan, spacing: float = 5.0) -> None:
+    """Scale the liver so its volume (measured on a coarse grid in mm, so independent of the final
+    sampling) is close to ``plan.liver_target_ml``."""
+    grid = Grid.from_extent((-plan.A, -plan.B, -320), (plan.A, plan.B, 40), (spacing,) * 3)
+    for _ in range(3):
+        box, m = liver_mask(grid, plan)
+        vol = float(m.sum()) * spacing ** 3 / 1000.0
+        if vol <= 0:
+            break
+        plan.liver_scale *= float(np.clip((plan.liver_target_ml / vol) ** (1 / 3), 0.8, 1.25))
 
 
 def _put(tissue: np.ndarray, box: Box, mask: np.ndarray, value: T, only=None) -> None:
@@ -123,7 +139,7 @@ def paint_body(tissue: np.ndarray, grid: Grid, plan: BodyPlan) -> dict[str, np.n
     thorax = cavity & above
     tissue[thorax] = T.LUNG
     # Table under the patient.
-    ytab = plan.B + 10
+    ytab = plan.B + 3
     tb = grid.box((-230, ytab, -1e9), (230, ytab + 12, 1e9))
     _put(tissue, tb, np.broadcast_to(np.abs(tb.X) < 230, tb.shape), T.TABLE, only=(T.AIR,))
     return {"cavity": cavity, "thorax": thorax, "zd": zd}
@@ -148,13 +164,18 @@ def paint_spine_ribs(tissue: np.ndarray, grid: Grid, plan: BodyPlan, rng: np.ran
     ys, rv = plan.y_spine, plan.rv
     # Paraspinal muscles and psoas first; bone is painted over them.
     for sx in (-1, 1):
-        box, m = ellipsoid(grid, (sx * (rv + 22), ys + rv + 28, -100), (34, 30, 1e4))
-        _put(tissue, box, m, T.MUSCLE, only=(T.FAT, T.VISCERAL_FAT, T.LUNG, T.MUSCLE))
+        box, m = ellipsoid(grid, (sx * (rv + 26), ys + rv + 22, -100), (40, 26, 1e4))
+        _put(tissue, box, m, T.MUSCLE, only=(T.VISCERAL_FAT, T.LUNG, T.MUSCLE))
         box = grid.box((sx * (rv + 14) - 40, ys - 40, -1e9), (sx * (rv + 14) + 40, ys + 40, -110))
         if not box.empty:
             rad = np.clip(6 + 0.22 * (-110 - box.Z), 6, 24)
             m = (box.X - sx * (rv + 14)) ** 2 + ((box.Y - ys + 4) / 1.1) ** 2 <= rad ** 2
             _put(tissue, box, m, T.MUSCLE, only=ABDOMEN + (T.FAT,))
+    # Diaphragmatic crura wrapping the aorta in front of the spine (the liver stops at them).
+    box = grid.box((-rv - 30, ys - 2 * rv - 30, -160), (rv + 30, ys + rv, 0))
+    if not box.empty:
+        m = ((box.X / (rv + 18)) ** 2 + ((box.Y - ys + 0.4 * rv) / (rv + 14)) ** 2 <= 1) & (box.Z > -150)
+        _put(tissue, box, m, T.MUSCLE, only=(T.VISCERAL_FAT,))
     # Vertebral body: cortex rim, marrow, discs every ~30 mm.
     box = grid.box((-rv - 1, ys - rv - 1, -1e9), (rv + 1, ys + rv + 1, 1e9))
     rr = np.sqrt(box.X ** 2 + (box.Y - ys) ** 2)
@@ -177,7 +198,7 @@ def paint_spine_ribs(tissue: np.ndarray, grid: Grid, plan: BodyPlan, rng: np.ran
     n_ribs = 9
     for k in range(n_ribs):
         z0 = 75 - 27 * k + rng.uniform(-3, 3)
-        lo_z, hi_z = z0 - 0.45 * br - 8, z0 + 0.45 * br + 8
+        lo_z, hi_z = z0 - 0.7 * br - 8, z0 + 0.7 * br + 8
         box = grid.box((-ar - 10, -br - 10, lo_z), (ar + 10, br + 10, hi_z))
         if box.empty:
             continue
@@ -185,11 +206,11 @@ def paint_spine_ribs(tissue: np.ndarray, grid: Grid, plan: BodyPlan, rng: np.ran
         radial = (rn - 1.0) * 0.5 * (ar + br)
         theta = np.degrees(np.arctan2(box.Y, np.abs(box.X)))     # 90 = posterior, -90 = anterior
         reach = -75 + 11 * k                                       # lower ribs stop further back
-        zc = z0 + 0.45 * box.Y
+        zc = z0 + 0.7 * box.Y
         dz = box.Z - zc
         along = (theta >= reach) & (theta <= 80)
-        rib = along & (np.abs(radial) <= 3.5) & (np.abs(dz) <= 5.0)
-        marrow = along & (np.abs(radial) <= 2.0) & (np.abs(dz) <= 3.5)
+        rib = along & (np.abs(radial) <= 3.5) & (np.abs(dz) <= 4.5)
+        marrow = along & (np.abs(radial) <= 2.0) & (np.abs(dz) <= 3.0)
         cart = (theta < reach) & (theta >= reach - 25) & (np.abs(radial) <= 4) & (np.abs(dz) <= 5) & (k < 7)
         ok = (T.FAT, T.MUSCLE, T.LUNG, T.VISCERAL_FAT)
         _put(tissue, box, cart, T.RIB_CARTILAGE, only=ok)
@@ -248,10 +269,10 @@ def paint_spleen(tissue: np.ndarray, grid: Grid, plan: BodyPlan, below: np.ndarr
     c = np.array([0.66 * plan.Ai, 0.38 * plan.Bi, -55.0])
     if plan.abnormal == "left_lateral":
         c += (5, 10, -25)
-    r = np.array([26.0, 58.0, 52.0]) * s
+    r = np.array([30.0, 56.0, 50.0]) * s
     rot = rotation(yaw=-38)
     box, m = ellipsoid(grid, c, r, rot)
-    hollow = ellipsoid_level(box, c + np.array([-28.0, -18.0, 0.0]) * s, r * np.array([0.8, 0.7, 0.9]),
+    hollow = ellipsoid_level(box, c + np.array([-36.0, -24.0, 0.0]) * s, r * np.array([0.7, 0.6, 0.8]),
                              rot) <= 1
     _put(tissue, box, m & ~hollow & below[box.slices], T.SPLEEN, only=ABDOMEN)
 
@@ -295,15 +316,15 @@ def _smooth_union(levels: list[np.ndarray], k: float = 0.25) -> np.ndarray:
     return out
 
 
-def liver_mask(grid: Grid, plan: BodyPlan, below: np.ndarray, cavity: np.ndarray) -> tuple[Box, np.ndarray]:
+def liver_mask(grid: Grid, plan: BodyPlan) -> tuple[Box, np.ndarray]:
     """The liver: a large right lobe, a left lobe tapering across the midline, a caudate/medial part,
     smoothly blended and deformed, held in by the diaphragm and the abdominal wall."""
     ai, bi, s = plan.Ai, plan.Bi, plan.liver_scale
     sh = np.asarray(plan.liver_shift)
     rot = rotation(yaw=plan.liver_yaw)
     ll = plan.left_lobe
-    right_c = np.array([-0.5 * ai, 0.02 * bi, -72.0]) + sh
-    right_r = np.array([0.52 * ai, 0.8 * bi, 78.0]) * s
+    right_c = np.array([-0.5 * ai, 0.02 * bi, -80.0]) + sh
+    right_r = np.array([0.52 * ai, 0.8 * bi, 90.0]) * s
     left_c = np.array([0.12 * ai, -0.5 * bi, -48.0]) + sh
     left_r = np.array([0.5 * ai * ll, 0.42 * bi, 36.0]) * s
     mid_c = np.array([-0.12 * ai, -0.1 * bi, -58.0]) + sh
@@ -331,7 +352,9 @@ def liver_mask(grid: Grid, plan: BodyPlan, below: np.ndarray, cavity: np.ndarray
     u, v, w = _lobe_coords(box, mid_c, rot, warp)
     mid = (u / mid_r[0]) ** 2 + (v / mid_r[1]) ** 2 + (w / mid_r[2]) ** 2
     d = _smooth_union([right, left, mid]) + 0.05 * plan.fields["liver_bump"].sample(box)
-    inside = (d <= 1) & below[box.slices] & cavity[box.slices]
+    cavity = body_level(plan, grid, plan.fat + plan.muscle)[box.slices[1:]][None] <= body_scale(plan, box.Z)
+    below = box.Z < diaphragm_z(plan, box.X, box.Y) - 4
+    inside = (d <= 1) & below & cavity
     return box, inside
 
 
@@ -341,13 +364,36 @@ def _lobe_coords(box: Box, c, rot, warp):
     return (r[0, 0] * dx + r[1, 0] * dy, r[0, 1] * dx + r[1, 1] * dy, dz)
 
 
+def vessel_tree(rng: np.random.Generator, root, direction, radius: float, min_radius: float = 1.4,
+                max_segments: int = 40) -> list[tuple[np.ndarray, np.ndarray, float, float]]:
+    """Random branching tree: segments (start, end, r_start, r_end), bifurcating with shrinking radius."""
+    out = []
+    stack = [(np.asarray(root, float), np.asarray(direction, float) / np.linalg.norm(direction), radius)]
+    while stack and len(out) < max_segments:
+        p, d, r = stack.pop(0)
+        length = rng.uniform(22, 38) * (r / 5.0) ** 0.4
+        d = d + rng.normal(0, 0.2, 3)
+        d /= np.linalg.norm(d)
+        q = p + length * d
+        r_end = r * 0.8
+        out.append((p, q, r, r_end))
+        if r_end * 0.75 < min_radius:
+            continue
+        ortho = np.cross(d, rng.normal(size=3))
+        ortho /= np.linalg.norm(ortho) + 1e-9
+        for sign in (1, -1):
+            ang = np.radians(rng.uniform(20, 45))
+            stack.append((q, np.cos(ang) * d + sign * np.sin(ang) * ortho, r_end * rng.uniform(0.68, 0.8)))
+    return out
+
+
 def paint_liver_and_vessels(tissue: np.ndarray, grid: Grid, plan: BodyPlan, below: np.ndarray,
                             cavity: np.ndarray) -> None:
     """Liver, gallbladder, IVC in the caval groove, portal vein with intrahepatic branches, hepatic veins,
     aorta, splenic and mesenteric veins."""
     ai, bi, ys, rv = plan.Ai, plan.Bi, plan.y_spine, plan.rv
     sh = np.asarray(plan.liver_shift)
-    box, inside = liver_mask(grid, plan, below, cavity)
+    box, inside = liver_mask(grid, plan)
     _put(tissue, box, inside, T.LIVER, only=ABDOMEN + (T.STOMACH_WALL, T.STOMACH_FLUID, T.STOMACH_AIR,
                                                       T.PANCREAS))
     if plan.gallbladder:
@@ -366,12 +412,23 @@ def paint_liver_and_vessels(tissue: np.ndarray, grid: Grid, plan: BodyPlan, belo
     for pts, rads in branches:
         b2, m = tube(grid, pts, rads)
         _put(tissue, b2, m, T.PORTAL_BRANCH, only=liver_like)
+    # Peripheral branches: random trees from the ends of the main branches.
+    vrng = np.random.default_rng(plan.fields["vessel_seed"])
+    for pts, rads in branches:
+        a, b = np.asarray(pts[-2], float), np.asarray(pts[-1], float)
+        for p0, p1, r0, r1 in vessel_tree(vrng, b, b - a, rads[-1] + 0.5, max_segments=14):
+            b2, m = tube(grid, [p0, p1], [r0, r1])
+            _put(tissue, b2, m, T.PORTAL_BRANCH, only=liver_like)
     ivc_top = np.array([-14.0, ys - rv - 42, 18.0])
     hv_root = np.array([-20.0, ys - rv - 30, -12.0])
     for end, r0 in (((-0.8 * ai, -0.05 * bi, -48), 5.0), ((-0.3 * ai, -0.55 * bi, -52), 4.5),
                     ((0.25 * ai, -0.55 * bi, -32), 4.0)):
-        b2, m = tube(grid, [hv_root, np.array(end) + sh], [r0, 1.8])
+        end = np.array(end) + sh
+        b2, m = tube(grid, [hv_root, end], [r0, 2.5])
         _put(tissue, b2, m, T.HEPATIC_VEIN, only=liver_like)
+        for p0, p1, r0_, r1_ in vessel_tree(vrng, end, end - hv_root, 2.8, max_segments=8):
+            b2, m = tube(grid, [p0, p1], [r0_, r1_])
+            _put(tissue, b2, m, T.HEPATIC_VEIN, only=liver_like)
     # IVC: retroperitoneal below, then through the caval groove of the liver into the right atrium.
     ivc = [(-(rv + 10), ys - rv - 8, -340), (-(rv + 9), ys - rv - 10, -120), (-22, ys - rv - 24, -40),
            (hv_root[0], hv_root[1], hv_root[2]), tuple(ivc_top)]

@@ -57,9 +57,9 @@ def _draw_acquisition(rng: np.random.Generator, plan, hard: str | None, contrast
         contrast = "none"
     if contrast not in ("portal", "none"):
         raise ValueError(f"contrast must be 'portal', 'none' or None, got {contrast!r}")
-    fov = float(rng.uniform(max(2 * plan.A + 20, 330), max(2 * plan.A + 80, 440)))
+    fov = float(rng.uniform(2 * plan.A + 15, 2 * plan.A + 70))
     cx, cy = rng.uniform(-15, 15), rng.uniform(5, 25)
-    top = float(rng.uniform(25, 70))
+    top = float(rng.uniform(15, 50))
     bottom = float(rng.uniform(-240, -195)) - (60 if plan.abnormal == "elongated" else 0)
     sx = float(rng.uniform(1.5, 2.5))
     sz = float(rng.choice([2.5, 3.0, 4.0, 5.0]))
