@@ -27,9 +27,10 @@ from livseg_pipeline.clinical.rtstruct import (
     RTStructError,
     list_rtstruct_rois,
     read_rtstruct_mask,
+    rtstruct_to_mask_file,
     write_rtstruct,
 )
-from livseg_pipeline.io.image_io import Image, read_image, reorient
+from livseg_pipeline.io.image_io import Image, read_image, reorient, same_grid
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -254,6 +255,9 @@ def test_deliver_outputs_with_dicom(series_folders, tmp_path):
                                            "case_007_rtstruct.dcm", "case_007_seg.dcm"]
     assert (read_rtstruct_mask(out_dir / "case_007_rtstruct.dcm", folder) ^ m).sum() == 0
     assert np.array_equal(read_dicom_seg_mask(out_dir / "case_007_seg.dcm", folder), m)
+    # An (adjusted) structure set back to a NIfTI mask on the CT grid, for lvs_evaluate --compare.
+    nii = read_image(rtstruct_to_mask_file(out_dir / "case_007_rtstruct.dcm", folder, tmp_path / "adj.nii.gz"))
+    assert np.array_equal(nii.array > 0, m) and same_grid(nii, ct)
     assert "volume" in res["qc"]["flagged"]  # a tiny synthetic "liver"
     vol = m.sum() * ct.voxel_volume_ml
     assert res["report"]["volume_ml"] == pytest.approx(vol, abs=1e-3)

@@ -223,6 +223,16 @@ def read_rtstruct_mask(rtstruct_path: str | Path, dicom_folder: str | Path, roi_
     return read_rtstruct(rtstruct_path, dicom_folder, roi_regex, series_uid=series_uid).array > 0
 
 
+def rtstruct_to_mask_file(rtstruct_path: str | Path, dicom_folder: str | Path, out_path: str | Path,
+                          roi_regex: str = "liver", *, series_uid: str | None = None) -> Path:
+    """Rasterise one ROI (see :func:`read_rtstruct`) and write it as a uint8 0/1 mask file (format
+    from the suffix, e.g. ``.nii.gz``) on the CT grid, e.g. to compare observers' adjusted
+    structures with ``lvs_evaluate --compare``. Atomic."""
+    from livseg_pipeline.io.image_io import write_image
+
+    return write_image(read_rtstruct(rtstruct_path, dicom_folder, roi_regex, series_uid=series_uid), out_path)
+
+
 def _rasterise(contours: list[pydicom.Dataset], series: ReferencedSeries, path: Path) -> np.ndarray:
     nz, ny, nx = series.shape
     parity = np.zeros(series.shape, dtype=bool)
