@@ -20,19 +20,28 @@ Flags (thresholds in :class:`QCConfig`):
                         so that lesions and vessels (a minority of voxels) do not move it; a
                         non-contrast liver is ~55 HU, portal-venous ~110 HU; severe steatosis
                         can fall below 20 HU and is then flagged for a look, which is wanted
-``hu_outliers``         more than 1 % of the mask outside [-50, 300] HU: fat/air leakage, or dense
-                        material (lipiodol, calcification, bone) - a lesion of very different
-                        density, or a mask leaking into ribs or spine
+``hu_outliers``         inside the mask eroded by one voxel in-plane, after a 3x3 in-plane mean:
+                        more than 1 % below -50 HU (fat/air: a leak) or more than 0.5 mL above
+                        300 HU (dense material: lipiodol, calcification, a lesion of very different
+                        density, or a leak into ribs or spine)
 ``low_contrast``        liver vs. adjacent soft tissue (a 3-15 mm shell outside the mask, voxels in
-                        [-50, 300] HU) differs by less than 20 HU, or by less than 1.5 noise sigma
-``high_noise``          robust noise sigma in the liver > 25 HU (low-dose CT). Sigma is the MAD of
-                        an in-plane high-pass residual (voxel minus mean of its 4 neighbours, scaled
-                        for white noise) inside the liver eroded by 2 voxels
-``position``            liver centroid less than 20 mm to the patient's right of the body's centre
-                        (situs inversus, a displaced liver, or a wrong orientation in the header)
+                        [-50, 300] HU) differs by less than 15 HU *and* by less than 0.5 noise sigma
+``high_noise``          robust noise sigma in the liver > 20 HU (low-dose CT, e.g. of SPECT/CT).
+                        Sigma is the MAD of an in-plane high-pass residual (voxel minus the mean of
+                        its 4 neighbours, scaled for white noise) inside the liver eroded by 2 voxels;
+                        diagnostic portal-venous CT measures 5-10 HU with it (IRCAD 6.0-6.6 HU)
+``position``            liver centroid less than 20 mm to the patient's right of the body midline
+                        (situs inversus, a wrong orientation in the header), more than 25 % of the
+                        liver left of the midline, or liver reaching more than 0.7 body half-widths
+                        to the left (a left lobe wrapping around the spleen, or a leak into it)
+``shape``               cranio-caudal extent > 200 mm (an elongated liver / Riedel's lobe, or a leak
+                        into the lower abdomen)
+
+The thresholds were set on the phantom cohort and checked on the real IRCAD and TotalSegmentator
+cases; documentation/clinical_workflow.md gives the counts.
 
 >>> import numpy as np
->>> from livseg_pipeline.io.image_io import Image, reorient
+>>> from livseg_pipeline.io.image_io import Geometry, Image
 >>> ct = Image(np.full((5, 20, 20), 100, np.int16), Geometry((1.0, 1.0, 1.0)))
 >>> m = np.zeros((5, 20, 20), np.uint8); m[0:3, 5:15, 5:15] = 1
 >>> flagged = run_qc(ct, ct.with_array(m))["flagged"]
