@@ -19,8 +19,8 @@ def test_fixture_dataset_is_complete(preprocessed_dataset):
     plans = load_plans(folder / "plans.json")
     assert plans.dataset_name == ds.name and plans.preprocessing.target_spacing_mm == [4.0, 4.0, 4.0]
     assert plans.planner_notes and "hardware" in plans.planner_info
-    assert (folder / "splits_final.json").read_text() == (ds.raw_dir / "splits_final.json").read_text()
-    assert (folder / "dataset.json").is_file()
+    assert (folder.parent / "splits_final.json").read_text() == (ds.raw_dir / "splits_final.json").read_text()
+    assert (folder.parent / "dataset.json").is_file()
     assert ds.summary["n_failed"] == 0 and ds.summary["n_done"] == len(ds.case_ids) >= 2
     assert not [p for p in folder.iterdir() if p.name.startswith(".")]          # no temp files left
     for case in ds.case_ids:
@@ -95,8 +95,31 @@ def test_plan_only_and_unknown_dataset(preprocessed_dataset, tmp_path, monkeypat
     monkeypatch.setenv("LVS_PREPROCESSED", str(tmp_path / "pre"))
     assert main(["-d", ds.name, "--preset", "cpu_demo", "--plan-only"]) == 0
     folder = tmp_path / "pre" / ds.name / "cpu_demo"
-    names = {p.name for p in folder.iterdir()}
-    assert {"dataset.json", "plans.json", "splits_final.json"} <= names and not any(n.endswith(".npz") for n in names)
+    assert {p.name for p in folder.iterdir()} == {"plans.json"}
+    assert {"dataset.json", "splits_final.json"} <= {p.name for p in folder.parent.iterdir()}
     assert "inference.segment_size_out" in capsys.readouterr().out
     assert main(["-d", "987"]) == 2
     assert "no dataset '987'" in capsys.readouterr().err
+
+
+def test_split_copy_refreshed_from_raw_but_hand_edits_kept(tmp_path):
+    import os
+    import time
+
+    from livseg_pipeline.cli.plan_preprocess import copy_dataset_files
+
+    raw, pre = tmp_path / "raw", tmp_path / "pre"
+    raw.mkdir()
+    pre.mkdir()
+    (raw / "splits_final.json").write_text("[1]")
+    assert copy_dataset_files(raw, pre)[0].startswith("copied")
+    assert copy_dataset_files(raw, pre) == []                                # unchanged: nothing to do
+    (raw / "splits_final.json").write_text("[2]")
+    later = time.time_ns() + 10 ** 10
+    os.utime(raw / "splits_final.json", ns=(later, later))                    # raw is newer
+    copy_dataset_files(raw, pre)
+    assert (pre / "splits_final.json").read_text() == "[2]"
+    (pre / "splits_final.json").write_text("[3]")                            # a hand edit, newer than raw
+    os.utime(pre / "splits_final.json", ns=(later + 10 ** 9, later + 10 ** 9))
+    assert copy_dataset_files(raw, pre)[0].startswith("kept")
+    assert (pre / "splits_final.json").read_text() == "[3]"

@@ -4,7 +4,8 @@
 
 Writes ``$LVS_PREPROCESSED/DatasetNNN_Name/<plans_name>/plans.json`` and, per case, ``CASE.npz`` +
 ``CASE.json`` beside it. The raw dataset's ``splits_final.json``, ``dataset.json`` and
-``duplicates.json`` are copied next to the plans (the raw ones stay the originals to edit).
+``duplicates.json`` are copied into ``$LVS_PREPROCESSED/DatasetNNN_Name/`` (shared by all presets;
+lvs_train reads the split there first, as nnU-Net does).
 """
 
 from __future__ import annotations
@@ -24,17 +25,24 @@ from livseg_pipeline.utils.files import atomic_path
 COPIED_FILES = ("splits_final.json", "dataset.json", "duplicates.json")
 
 
-def copy_dataset_files(raw_dir: Path, plans_dir: Path) -> list[str]:
-    """Copy :data:`COPIED_FILES` that exist in ``raw_dir`` (refreshing changed copies); returns lines."""
+def copy_dataset_files(raw_dir: Path, target_dir: Path) -> list[str]:
+    """Copy :data:`COPIED_FILES` present in ``raw_dir`` into ``target_dir`` (the preprocessed dataset
+    folder, where lvs_train looks first, as in nnU-Net), so that the preprocessed tree can be moved to
+    a training machine without the raw data. A copy is refreshed when the raw file is newer; a copy
+    edited after the raw file is kept (and said so). Returns the lines to print."""
     lines = []
     for name in COPIED_FILES:
-        src, dst = raw_dir / name, plans_dir / name
+        src, dst = raw_dir / name, target_dir / name
         if not src.is_file():
-            if name == "splits_final.json":
+            if name == "splits_final.json" and not dst.is_file():
                 lines.append(f"no {src}: lvs_train cannot pick folds until lvs_convert has written it")
             continue
-        if dst.is_file() and filecmp.cmp(src, dst, shallow=False):
-            continue
+        if dst.is_file():
+            if filecmp.cmp(src, dst, shallow=False):
+                continue
+            if dst.stat().st_mtime_ns > src.stat().st_mtime_ns:
+                lines.append(f"kept {dst}: it was edited after {src} (delete it to copy the raw one again)")
+                continue
         with atomic_path(dst) as tmp:
             shutil.copyfile(src, tmp)
         lines.append(f"copied {src} -> {dst}")
@@ -77,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lvs_plan_preprocess: {e}", file=sys.stderr)
         return 2
     plans_dir = path.parent
-    for line in copy_dataset_files(raw_dir, plans_dir):
+    for line in copy_dataset_files(raw_dir, pre_dir):
         print(f"[plan] {line}")
     if args.plan_only:
         print(f"plans written: {path}\n  " + "\n  ".join(plans.planner_notes))

@@ -82,7 +82,9 @@ def detect_hardware() -> Hardware:
             return Hardware("cuda", torch.cuda.get_device_name(0), int(free), ram, cores)
     except Exception:  # noqa: BLE001 - a broken CUDA setup means planning for the CPU
         pass
-    return Hardware("cpu", "cpu", ram, ram, cores)
+    import platform
+
+    return Hardware("cpu", platform.processor() or platform.machine() or "CPU", ram, ram, cores)
 
 
 # ----------------------------------------------------------------------------------------------
