@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -180,7 +181,8 @@ def _write_rtstruct(case: PhantomCase, ct_dir: Path, path: Path) -> Path:
     lps = reorient(case.label, "LPS").array > 0
     # rt-utils wants (rows, cols, slices) with slices sorted along the normal (caudal first).
     rt.add_roi(mask=np.ascontiguousarray(lps.transpose(1, 2, 0)), name="Liver", color=[200, 120, 40])
-    with atomic_path(path) as tmp, contextlib.redirect_stdout(io.StringIO()):   # rt-utils prints
+    with atomic_path(path) as tmp, contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)     # rt-utils prints and uses old pydicom API
         rt.save(str(tmp))
         # rt-utils appends ".dcm" when the name lacks it.
         if not tmp.exists() and Path(str(tmp) + ".dcm").exists():
