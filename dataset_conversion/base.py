@@ -31,24 +31,20 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
-from livseg_pipeline.experiment_planning.duplicates import find_duplicates
+from dataset_conversion.errors import CaseError, ConversionError
+from dataset_conversion.integrity import check_complete
+from livseg_pipeline.experiment_planning.duplicates import POLICIES, find_duplicates
 from livseg_pipeline.experiment_planning.fingerprint import extract_fingerprint, fingerprint_case
 from livseg_pipeline.experiment_planning.splits import assign_groups, make_splits
 from livseg_pipeline.io.image_io import Image, ImageReadError, read_image, same_grid
 from livseg_pipeline.paths import dataset_name, parse_dataset_name, raw_root
 from livseg_pipeline.utils.files import atomic_path, load_json, save_json
 
-DUPLICATE_POLICIES = ("group", "drop", "keep")
+__all__ = ["CaseError", "ConversionError", "Converter", "SourceCase", "run_conversion"]
+
+DUPLICATE_POLICIES = POLICIES
 FILE_ENDING = ".nii.gz"
 _ID_RE = re.compile(r"[^A-Za-z0-9_\-]+")
-
-
-class ConversionError(RuntimeError):
-    """The whole conversion cannot run (bad input folder, bad dataset id); one-line message."""
-
-
-class CaseError(ValueError):
-    """One case cannot be converted; ``str(e)`` is the one-line reason naming the file."""
 
 
 @dataclass(frozen=True)
@@ -80,8 +76,6 @@ def make_case_id(*parts: object) -> str:
 
 def read_checked(path: str | Path) -> Image:
     """:func:`read_image` after checking that the file is complete (see :mod:`.integrity`)."""
-    from dataset_conversion.integrity import check_complete  # integrity imports CaseError from here
-
     check_complete(path)
     return read_image(path)
 
@@ -162,15 +156,11 @@ def hu_array(image: Image) -> np.ndarray:
     dtype('float32')
     """
     a = image.array
-    if a.dtype == np.int16:
+    if a.dtype == np.int16 or a.size == 0:
         return a
     info = np.iinfo(np.int16)
-    if a.size and np.issubdtype(a.dtype, np.integer):
-        if a.min() >= info.min and a.max() <= info.max:
-            return a.astype(np.int16)
-        return a.astype(np.float32)
-    if a.size and np.all(np.isfinite(a)) and a.min() >= info.min and a.max() <= info.max \
-            and np.array_equal(a, np.round(a)):
+    integral = np.issubdtype(a.dtype, np.integer) or bool(np.all(np.isfinite(a)) and np.array_equal(a, np.round(a)))
+    if integral and info.min <= a.min() and a.max() <= info.max:
         return a.astype(np.int16)
     return a.astype(np.float32)
 

@@ -10,7 +10,7 @@ error and fills the missing voxels with zeros, so converters check the byte coun
 >>> check_complete(p)
 Traceback (most recent call last):
 ...
-dataset_conversion.base.CaseError: ...a.nii: truncated file (230 of 240 voxel bytes)
+dataset_conversion.errors.CaseError: ...a.nii: truncated file (230 of 240 voxel bytes)
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dataset_conversion.base import CaseError
+from dataset_conversion.errors import CaseError
 
 _NIFTI1 = {"size": 348, "dim": (40, "8h"), "bitpix": (72, "h"), "offset": (108, "f")}
 _NIFTI2 = {"size": 540, "dim": (16, "8q"), "bitpix": (14, "h"), "offset": (168, "q")}
