@@ -257,8 +257,55 @@ def strip_image_suffix(name: str) -> str:
     return name
 
 
+def _check_nifti_complete(path: Path) -> None:
+    """ITK's NIfTI reader zero-fills truncated files silently; compare the data size the header
+    promises with what the file holds (gzip: its stored length first, a full decompression only when
+    that disagrees)."""
+    import gzip
+    import struct
+    import zlib
+
+    gz = str(path).lower().endswith(".gz")
+    try:
+        with (gzip.open(path, "rb") if gz else open(path, "rb")) as f:
+            hdr = f.read(348)
+    except (OSError, EOFError, zlib.error) as e:
+        raise ImageReadError(f"{path}: cannot read NIfTI header ({e})") from None
+    if len(hdr) < 348:
+        raise ImageReadError(f"{path}: truncated NIfTI header ({len(hdr)} of 348 bytes)")
+    for end in "<>":
+        if struct.unpack(end + "i", hdr[:4])[0] == 348:
+            break
+    else:
+        return  # NIfTI-2 or not NIfTI: left to ITK
+    dims = struct.unpack(end + "8h", hdr[40:56])
+    bitpix = struct.unpack(end + "h", hdr[72:74])[0]
+    vox_offset = int(struct.unpack(end + "f", hdr[108:112])[0])
+    if not 1 <= dims[0] <= 7 or bitpix <= 0:
+        return
+    need = max(vox_offset, 348) + int(np.prod([max(d, 1) for d in dims[1:dims[0] + 1]], dtype=np.int64)) * bitpix // 8
+    if not gz:
+        have = path.stat().st_size
+    else:
+        with open(path, "rb") as f:
+            f.seek(-4, os.SEEK_END)
+            if struct.unpack("<I", f.read(4))[0] == need % 2 ** 32:
+                return
+        have = 0
+        try:
+            with gzip.open(path, "rb") as f:
+                while chunk := f.read(1 << 22):
+                    have += len(chunk)
+        except (OSError, EOFError, zlib.error):
+            raise ImageReadError(f"{path}: truncated or corrupt gzip data ({have} bytes readable, "
+                                 f"the header needs {need})") from None
+    if have < need:
+        raise ImageReadError(f"{path}: truncated NIfTI file ({have} bytes, the header needs {need})")
+
+
 def read_image(path: str | Path, series_uid: str | None = None) -> Image:
-    """Read a NIfTI / MHA / MHD / NRRD file or a DICOM series folder into an :class:`Image`.
+    """Read a NIfTI / MHA / MHD / NRRD file, a DICOM series folder or a zip holding one DICOM series
+    folder into an :class:`Image`.
 
     Raises :class:`ImageReadError` with a one-line message naming the file on any failure.
     """
@@ -267,10 +314,16 @@ def read_image(path: str | Path, series_uid: str | None = None) -> Image:
         raise ImageReadError(f"{path}: no such file or folder")
     if path.is_dir():
         return read_dicom_series(path, series_uid)
+    if path.suffix.lower() == ".zip":
+        from livseg_pipeline.io.archives import read_dicom_zip  # archives imports this module
+
+        return read_dicom_zip(path, series_uid=series_uid)
     if not has_image_suffix(path) and not is_dicom_file(path):
         raise ImageReadError(f"{path}: unknown image format (expected NIfTI, MHA/MHD, NRRD or DICOM)")
     if path.stat().st_size == 0:
         raise ImageReadError(f"{path}: file is empty")
+    if str(path).lower().endswith((".nii", ".nii.gz")):
+        _check_nifti_complete(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
