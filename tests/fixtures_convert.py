@@ -1,7 +1,8 @@
 """Session fixtures of the conversion stage, for its own tests and the later stages' tests.
 
-* ``raw_dataset``: the phantom cohort (all five native layouts) plus a generic ``imagesTr/labelsTr``
-  folder, converted by ``lvs_convert`` into one raw dataset ``Dataset100_Phantoms``. Returns a
+* ``raw_dataset``: the ``phantom_cohort`` (tests/fixtures_phantom.py; all five native layouts) plus a
+  generic ``imagesTr/labelsTr`` folder, converted by ``lvs_convert`` into one raw dataset
+  ``Dataset100_Phantoms``. Returns a
   :class:`ConvertedDataset` (``.path``, ``.cohort_dir``, ``.manifest``, ``.reports``, ``.case_of``).
 * ``ircad_raw``: the two real 3D-IRCADb cases converted into ``Dataset101_Ircad`` (skips when
   ../shared is absent).
@@ -39,17 +40,6 @@ def _convert(source: str, folder: Path, dataset_id: int, name: str, raw_root: Pa
         return run_conversion(CONVERTERS[source](), folder, dataset_id, name, num_processes=2, verbose=False)
 
 
-def _cohort(request, tmp_path_factory) -> tuple[Path, dict]:
-    """The foundation's ``phantom_cohort`` fixture when present, else a small cohort of our own."""
-    try:
-        return request.getfixturevalue("phantom_cohort")
-    except pytest.FixtureLookupError:
-        from livseg_pipeline.phantom.cohort import write_cohort
-
-        out = tmp_path_factory.mktemp("cohort_for_convert")
-        return out, write_cohort(out, n_cases=10, seed=0, size_scale=0.35)
-
-
 def write_generic(folder: Path, seeds=GENERIC_SEEDS, size_scale: float = 0.35) -> Path:
     """A generic nnU-Net-like folder (imagesTr/CASE_0000.nii.gz, labelsTr/CASE.nii.gz) of phantoms."""
     from livseg_pipeline.io.image_io import write_image
@@ -63,8 +53,8 @@ def write_generic(folder: Path, seeds=GENERIC_SEEDS, size_scale: float = 0.35) -
 
 
 @pytest.fixture(scope="session")
-def raw_dataset(request, tmp_path_factory) -> ConvertedDataset:
-    cohort_dir, manifest = _cohort(request, tmp_path_factory)
+def raw_dataset(phantom_cohort, tmp_path_factory) -> ConvertedDataset:
+    cohort_dir, manifest = phantom_cohort
     raw_root = tmp_path_factory.mktemp("raw_convert")
     ds = ConvertedDataset(path=raw_root / "Dataset100_Phantoms", raw_root=raw_root, cohort_dir=Path(cohort_dir),
                           manifest=manifest)

@@ -1,5 +1,6 @@
 """SIRT exports with the liver as a DICOM RTSTRUCT: rasterised onto the CT grid; ambiguous ROIs and
-missing masks are clear one-line failures of that case only."""
+missing masks are clear one-line failures of that case only. (Two scans of one SIRT patient landing in
+one fold is tested on the phantom cohort, test_convert_phantom.py.)"""
 
 from __future__ import annotations
 
@@ -12,15 +13,6 @@ import pydicom
 import pytest
 
 from dataset_conversion import CONVERTERS, run_conversion
-from livseg_pipeline.phantom.cohort import write_cohort
-
-
-@pytest.fixture(scope="module")
-def sirt_rtstruct(tmp_path_factory) -> tuple[Path, dict]:
-    out = tmp_path_factory.mktemp("sirt_rt")
-    manifest = write_cohort(out, n_cases=2, seed=5, layouts=("sirt",), hard_cases=(), plant_duplicate=False,
-                            size_scale=0.3, sirt_mask_format="rtstruct")
-    return out, manifest
 
 
 def _add_second_liver_roi(rtstruct: Path) -> None:
@@ -34,18 +26,18 @@ def _add_second_liver_roi(rtstruct: Path) -> None:
     pydicom.dcmwrite(rtstruct, ds, enforce_file_format=True)
 
 
-def test_rtstruct_masks(sirt_rtstruct, tmp_path: Path, monkeypatch, capsys) -> None:
-    cohort, manifest = sirt_rtstruct
+def test_rtstruct_masks(phantom_sirt_rtstruct, tmp_path: Path, monkeypatch, capsys) -> None:
+    sirt_root, manifest = phantom_sirt_rtstruct
     sirt = tmp_path / "SIRT"
-    shutil.copytree(cohort / "SIRT", sirt)
+    shutil.copytree(sirt_root, sirt)
     scans = sorted(p for p in sirt.iterdir() if p.is_dir())
-    assert len(scans) == 2
+    assert len(scans) == 1
     # a third scan folder: ambiguous liver ROIs; a fourth: no mask at all
     ambiguous = sirt / "LVS-P900_20200101"
     shutil.copytree(scans[0], ambiguous)
     _add_second_liver_roi(next(ambiguous.glob("*.dcm")))
     no_mask = sirt / "LVS-P901_20200101"
-    shutil.copytree(scans[1] / "CT", no_mask / "CT")
+    shutil.copytree(scans[0] / "CT", no_mask / "CT")
 
     monkeypatch.setenv("LVS_RAW", str(tmp_path / "raw"))
     report = run_conversion(CONVERTERS["sirt"](), sirt, 400, "Sirt", num_processes=2, verbose=True)
@@ -63,8 +55,6 @@ def test_rtstruct_masks(sirt_rtstruct, tmp_path: Path, monkeypatch, capsys) -> N
         # contours drawn through border pixel centres come back to the same voxels
         assert fp[case]["liver_volume_ml"] == pytest.approx(rec["liver_volume_ml"], rel=0.01)
         assert fp[case]["liver_side"] == "right"
-    # patient id from the DICOM header: both scans of LVS-P001 share one patient and one fold
+    # the patient id comes from the DICOM header, not from the folder name
     ds = json.loads((ds_dir / "dataset.json").read_text())["cases"]
-    assert {r["patient_id"] for r in ds.values()} == {"sirt_LVS-P001"}
-    splits = json.loads((ds_dir / "splits_final.json").read_text())
-    assert len(splits) == 1 and sorted(splits[0]["val"]) == sorted(ds)
+    assert {r["patient_id"] for r in ds.values()} == {f"sirt_{manifest['cases'][0]['patient_id']}"}
