@@ -32,7 +32,6 @@ import SimpleITK as sitk
 from tqdm import tqdm
 
 from dataset_conversion.errors import CaseError, ConversionError
-from dataset_conversion.integrity import check_complete
 from livseg_pipeline.experiment_planning.duplicates import POLICIES, find_duplicates
 from livseg_pipeline.experiment_planning.fingerprint import extract_fingerprint, fingerprint_case
 from livseg_pipeline.experiment_planning.splits import assign_groups, make_splits
@@ -74,12 +73,6 @@ def make_case_id(*parts: object) -> str:
     return "_".join(_ID_RE.sub("_", str(p)).strip("_") for p in parts if str(p) != "")
 
 
-def read_checked(path: str | Path) -> Image:
-    """:func:`read_image` after checking that the file is complete (see :mod:`.integrity`)."""
-    check_complete(path)
-    return read_image(path)
-
-
 def find_files(input_dir: Path, pattern: str) -> list[tuple[Path, re.Match]]:
     """Files below ``input_dir`` whose name fully matches ``pattern`` (case-insensitive), sorted;
     hidden files (macOS ``._*`` companions in the MSD archives) are ignored."""
@@ -108,14 +101,14 @@ class Converter:
         raise NotImplementedError
 
     def read_image(self, case: SourceCase) -> Image:
-        return read_checked(case.image_ref)
+        return read_image(case.image_ref)
 
     def read_label(self, case: SourceCase, image: Image) -> Image:
         if not case.label_ref:
             raise CaseError(f"{case.image_ref}: no liver label found for this image")
         if not Path(case.label_ref).exists():
             raise CaseError(f"{case.label_ref}: label file missing")
-        return read_checked(case.label_ref)
+        return read_image(case.label_ref)
 
     # -- shared steps -------------------------------------------------------------------------
     def liver_mask(self, case: SourceCase, image: Image, label: Image) -> np.ndarray:

@@ -18,10 +18,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from dataset_conversion.base import CaseError, Converter, SourceCase, make_case_id, read_checked
+from dataset_conversion.base import CaseError, Converter, SourceCase, make_case_id
 from livseg_pipeline.clinical.dicom_series import DicomReferenceError
 from livseg_pipeline.clinical.rtstruct import RTStructError, read_rtstruct
-from livseg_pipeline.io.image_io import Image, has_image_suffix, is_dicom_file
+from livseg_pipeline.io.image_io import Image, has_image_suffix, is_dicom_file, read_image
 
 _LIVER_RE = re.compile(r"liver", re.IGNORECASE)
 
@@ -55,7 +55,7 @@ class SirtConverter(Converter):
             raise CaseError(f"{Path(case.image_ref).parent}: no liver mask (image file or DICOM RTSTRUCT) found")
         path = Path(case.label_ref)
         if has_image_suffix(path):
-            return read_checked(path)
+            return read_image(path)
         try:
             return read_rtstruct(path, case.image_ref, roi_regex="liver")
         except (RTStructError, DicomReferenceError) as e:
