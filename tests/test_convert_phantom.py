@@ -118,3 +118,23 @@ def test_rerun_converts_nothing_new(raw_dataset, use_raw_root) -> None:
     assert report["n_unchanged"] == raw_dataset.reports["lits"]["n_cases"]
     assert {p.name: p.stat().st_mtime_ns for p in (raw_dataset.path / "imagesTr").iterdir()} == before
     assert (raw_dataset.path / "splits_final.json").read_text() == splits_before
+
+
+def test_ircadb_unzipped_folders_read_like_the_zips(raw_dataset, tmp_path: Path, monkeypatch) -> None:
+    import zipfile
+
+    rec = next(r for r in raw_dataset.manifest["cases"] if r["layout"] == "ircadb")
+    case_dir = (raw_dataset.cohort_dir / rec["files"]["image"]).parent
+    unzipped = tmp_path / "3Dircadb1" / case_dir.name
+    for name in ("PATIENT_DICOM.zip", "MASKS_DICOM.zip"):
+        with zipfile.ZipFile(case_dir / name) as zf:
+            zf.extractall(unzipped)  # our own test archive; real input is never extracted like this
+    monkeypatch.setenv("LVS_RAW", str(tmp_path / "raw"))
+    report = run_conversion(CONVERTERS["ircadb"](), tmp_path / "3Dircadb1", 102, "Unzipped", verbose=False)
+    assert report["n_converted"] == 1 and report["n_failed"] == 0
+    ds = _json(tmp_path / "raw" / "Dataset102_Unzipped" / "dataset.json")["cases"]
+    zipped = _json(raw_dataset.path / "dataset.json")["cases"][raw_dataset.case_of[rec["case_id"]]]
+    (case, record), = ds.items()
+    assert case == raw_dataset.case_of[rec["case_id"]]
+    assert record["content_hash"] == zipped["content_hash"]
+    assert record["original_paths"][0].endswith("PATIENT_DICOM")
