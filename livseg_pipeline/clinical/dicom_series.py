@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import SimpleITK as sitk
+from pydicom.uid import generate_uid
 
 from livseg_pipeline.io.image_io import Geometry, Image, list_dicom_series
 
@@ -67,11 +68,19 @@ class ReferencedSeries:
         """Deep copies of the headers with absent type-2 patient/study attributes set empty, as the
         DICOM writers (rt-utils, highdicom) read them unconditionally; the files are untouched."""
         out = []
+        for_uid = self.frame_of_reference_uid
+        if not for_uid:
+            # Required for CT, yet absent in some research data (3D-IRCADb). The derived UID is the
+            # same for every object made from this series, so its RTSTRUCT and SEG agree.
+            for_uid = generate_uid(entropy_srcs=["livseg frame of reference", self.series_uid])
+            warnings.warn(f"{self.folder}: series has no FrameOfReferenceUID; the objects written use "
+                          f"{for_uid} - a viewer may need the CT associated by hand", stacklevel=3)
         for ds in self.datasets:
             ds = copy.deepcopy(ds)
             for key in _TYPE2:
                 if key not in ds:
                     setattr(ds, key, "")
+            ds.FrameOfReferenceUID = for_uid
             out.append(ds)
         return out
 

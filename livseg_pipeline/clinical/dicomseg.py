@@ -57,8 +57,6 @@ def write_dicom_seg(mask: Image, dicom_folder: str | Path, out_path: str | Path,
 
     out_path = Path(out_path)
     series = load_series(dicom_folder, series_uid)
-    if not series.frame_of_reference_uid:
-        raise DicomSegError(f"{series.folder}: series has no FrameOfReferenceUID; a SEG cannot be registered to it")
     native = mask_on_series_grid(mask, series).astype(np.uint8)
     algorithm = hd.AlgorithmIdentificationSequence(name="livseg", version=_version(),
                                                    family=codes.cid7162.ArtificialIntelligence)
@@ -113,7 +111,8 @@ def read_dicom_seg(seg_path: str | Path, dicom_folder: str | Path, segment_regex
         refs = {str(s.SeriesInstanceUID) for s in ds.get("ReferencedSeriesSequence", [])}
         series_uid = refs.pop() if len(refs) == 1 else None
     series = load_series(dicom_folder, series_uid)
-    if str(ds.get("FrameOfReferenceUID", "")) not in ("", series.frame_of_reference_uid):
+    if series.frame_of_reference_uid and str(ds.get("FrameOfReferenceUID", "")) not in (
+            "", series.frame_of_reference_uid):
         raise DicomSegError(f"{path}: frame of reference {ds.FrameOfReferenceUID} differs from the series in "
                             f"{dicom_folder} ({series.frame_of_reference_uid})")
     referenced = {str(uid[2]) for uid in seg.get_source_image_uids()}
