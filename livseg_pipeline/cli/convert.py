@@ -22,10 +22,11 @@ _SOURCES = {
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="lvs_convert",
-        description="Convert a liver CT dataset from its native layout into $LVS_RAW/DatasetNNN_Name "
-                    "(imagesTr, labelsTr, dataset.json), then refresh fingerprint.json, duplicates.json and "
-                    "splits_final.json over the whole dataset. Call it once per source to build one dataset; "
-                    "reruns convert only new or changed cases. Inputs are never modified.",
+        description="Convert a liver CT dataset from its native layout into $LVS_RAW/DatasetNNN_Name\n"
+                    "(imagesTr, labelsTr, dataset.json), then refresh fingerprint.json, duplicates.json and\n"
+                    "splits_final.json over the whole dataset. Call it once per source to build one dataset;\n"
+                    "reruns convert only new or changed cases. Inputs are never modified.\n"
+                    "Exit status: 0 all converted, 1 some case skipped (see the summary), 2 nothing done.",
         epilog="sources:\n" + "\n".join(f"  {k:<9} {v}" for k, v in _SOURCES.items()),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("source", choices=sorted(CONVERTERS), help="layout of INPUT")
