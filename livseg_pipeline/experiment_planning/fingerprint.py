@@ -289,5 +289,9 @@ def format_summary(summary: dict) -> str:
                          f"{fg['median']:.0f} ({fg['percentile_00_5']:.0f}-{fg['percentile_99_5']:.0f})"))
     verdicts = ", ".join(f"{k}: {v}" for k, v in summary["verdict_counts"].items()) or "none"
     rows.append(("header verdicts", verdicts))
+    flagged = summary.get("cases_with_verdicts", [])
+    if flagged:
+        more = f" (+{len(flagged) - 6} more, see fingerprint.json)" if len(flagged) > 6 else ""
+        rows.append(("cases with verdicts", ", ".join(flagged[:6]) + more))
     w = max(len(r[0]) for r in rows)
     return "fingerprint\n" + "\n".join(f"  {k:<{w}}  {v}" for k, v in rows)
