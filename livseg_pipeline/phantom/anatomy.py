@@ -224,8 +224,8 @@ def paint_bowel(tissue: np.ndarray, grid: Grid, plan: BodyPlan, cavity: np.ndarr
     if box.empty:
         return
     f1, f2, f3 = (plan.fields[k].sample(box) for k in ("bowel1", "bowel2", "bowel3"))
-    loops = (np.abs(f1) < 0.42) & (np.abs(f2) < 0.42)
-    core = (np.abs(f1) < 0.28) & (np.abs(f2) < 0.28)
+    loops = (np.abs(f1) < 0.6) & (np.abs(f2) < 0.6)
+    core = (np.abs(f1) < 0.42) & (np.abs(f2) < 0.42)
     view = tissue[box.slices]
     fat = (view == T.VISCERAL_FAT) & cavity[box.slices]
     view[fat & loops] = T.BOWEL_WALL
@@ -342,10 +342,15 @@ def liver_mask(grid: Grid, plan: BodyPlan) -> tuple[Box, np.ndarray]:
         return box, np.zeros(box.shape, bool)
     amp = plan.liver_warp
     warp = tuple(amp * plan.fields[k].sample(box) for k in ("liver_dx", "liver_dy", "liver_dz"))
-    u, v, w = _lobe_coords(box, right_c, rot, warp)
-    # Lateral right lobe reaches lower (shear), inferior surface slopes up medially.
-    w = w + riedel * np.clip(-u / right_r[0], 0, 1) ** 2 - 0.25 * u
-    right = (u / right_r[0]) ** 2 + (v / right_r[1]) ** 2 + (w / right_r[2]) ** 2
+    u0, v, w0 = _lobe_coords(box, right_c, rot, warp)
+    # Long axis tilted in the coronal plane: the lateral right lobe reaches lowest, the inferior
+    # surface slopes up towards the midline; a Riedel-like tongue adds to the lateral tip.
+    ca, sa = np.cos(np.radians(20.0)), np.sin(np.radians(20.0))
+    u, w = u0 * ca - w0 * sa, u0 * sa + w0 * ca
+    w = w + riedel * np.clip(-u / right_r[0], 0, 1) ** 2
+    # Narrower towards the inferior tip (a wedge in coronal view, not a ball).
+    narrow = 1.0 - 0.4 * np.clip(-w / right_r[2], 0, 1)
+    right = (u / (right_r[0] * narrow)) ** 2 + (v / (right_r[1] * narrow)) ** 2 + (w / right_r[2]) ** 2
     u, v, w = _lobe_coords(box, left_c, rot, warp)
     taper = np.clip(1 - 0.55 * u / left_r[0], 0.3, 1.4)
     left = (u / left_r[0]) ** 2 + (v / (left_r[1] * taper)) ** 2 + ((w - 6 * (1 - taper)) / (left_r[2] * taper)) ** 2

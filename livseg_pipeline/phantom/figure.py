@@ -63,14 +63,14 @@ def plot_phantoms_vs_real(out_png: str | Path, cases: list[tuple[str, Image, Ima
     fig.tight_layout()
     out_png = Path(out_png)
     with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
+        fig.savefig(tmp, dpi=85, format="png")
     plt.close(fig)
     return out_png
 
 
-def default_cases(ircad_dir: Path | None, seeds: tuple[int, ...] = (3, 11, 12, 4),
-                  hards: tuple = (None, None, "dense_lesion", "low_contrast"),
-                  contrasts: tuple = ("portal", "none", "portal", None)) -> list[tuple[str, Image, Image]]:
+def default_cases(ircad_dir: Path | None, seeds: tuple[int, ...] = (3, 11, 12, 40, 4),
+                  hards: tuple = (None, None, "dense_lesion", "abnormal_position", "low_contrast"),
+                  contrasts: tuple = ("portal", "none", "portal", "portal", None)) -> list[tuple[str, Image, Image]]:
     from livseg_pipeline.phantom.generator import generate_phantom
 
     cases = []
@@ -80,10 +80,13 @@ def default_cases(ircad_dir: Path | None, seeds: tuple[int, ...] = (3, 11, 12, 4
         for d in sorted(Path(ircad_dir).glob("3Dircadb1.*")):
             ct = read_dicom_zip(d / "PATIENT_DICOM.zip")
             lab = read_dicom_zip(d / "MASKS_DICOM.zip", "liver")
-            cases.append((f"REAL {d.name}", ct, lab.with_array((lab.array > 0).astype(np.uint8))))
+            lab = lab.with_array((lab.array > 0).astype(np.uint8))
+            vol = float(lab.array.sum()) * lab.voxel_volume_ml
+            cases.append((f"REAL {d.name}\nportal-venous, {vol:.0f} mL", ct, lab))
     for seed, hard, contrast in zip(seeds, hards, contrasts):
         c = generate_phantom(seed, hard=hard, contrast=contrast)
-        title = f"phantom seed {seed}, {c.meta['contrast']}" + (f"\n{hard}" if hard else "")
+        phase = "portal-venous" if c.meta["contrast"] == "portal" else "non-contrast"
+        title = f"phantom seed {seed}, {phase}\n{hard or 'normal'}, {c.liver_volume_ml:.0f} mL"
         cases.append((title, c.ct, c.label))
     return cases
 

@@ -69,7 +69,7 @@ def _draw_acquisition(rng: np.random.Generator, plan, hard: str | None, contrast
         spacing = (round(sx, 4), round(sx, 4), sz)
     spacing = tuple(float(s) / size_scale for s in spacing)
     if hard == "low_contrast":
-        noise = float(rng.uniform(45, 65))
+        noise = float(rng.uniform(35, 55))
     elif contrast == "none":
         noise = float(rng.uniform(14, 28))
     else:
