@@ -21,7 +21,7 @@ is exact for the ensemble's probability map.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -86,38 +86,70 @@ def _face_neighbours(block: np.ndarray, start: Start, segment_size: int, depth: 
     return out
 
 
+def grow_region(evaluate: Callable[[list[Start]], Sequence[Start]], block: Callable[[Start], np.ndarray],
+                seeds: Sequence[Start], allowed: set[Start], segment_size: int, batch_size: int, level: float,
+                face_depth: int = 2) -> set[Start]:
+    """Breadth-first growth over segments: ``evaluate(batch)`` computes segments (returns those newly
+    computed), ``block(start)`` gives a computed segment's probabilities; a face holding a voxel
+    ``>= level`` queues the neighbour across it if it is ``allowed``. Returns the segments visited."""
+    visited: set[Start] = set()
+    queue = list(dict.fromkeys(seeds))
+    queued = set(queue)
+    while queue:
+        batch, queue = queue[:batch_size], queue[batch_size:]
+        evaluate(batch)
+        for start in batch:
+            visited.add(start)
+            for nb in _face_neighbours(block(start), start, segment_size, face_depth, level):
+                if nb in allowed and nb not in queued:
+                    queued.add(nb)
+                    queue.append(nb)
+    return visited
+
+
 def predict_grow(networks: torch.nn.Module | Sequence[torch.nn.Module], image: np.ndarray, plans,
                  device: torch.device | str = "cpu", segment_size: int | None = None, batch_size: int | None = None,
                  body_mask: np.ndarray | None = None, threshold: float = 0.5, grow_fraction: float = 0.5,
                  face_depth: int = 2, num_seeds: int = 2, min_liver_ml: float = 150.0,
-                 progress=None) -> GrowResult:
+                 progress=None, stand_in_probabilities: np.ndarray | None = None) -> GrowResult:
     """Probabilities of the segments connected to the liver (see the module docstring).
 
     ``grow_threshold = grow_fraction * threshold``. Returns the runner (``runner.result()`` = mean
     probability, ``runner.member_results()`` = per network) and counts.
+
+    ``stand_in_probabilities`` (benchmarks only) replaces each evaluated segment's output by this
+    preprocessed-grid map before the faces are judged: it lets an untrained network be timed on
+    exactly the segments a trained one would visit.
     """
     image = np.asarray(image)
     S = int(segment_size or plans.inference.segment_size_out)
     B = int(batch_size or plans.inference.batch_size)
     runner = make_runner(networks, image, plans, device, S, B)
     candidates = candidate_segments(image.shape, S, body_mask)
-    allowed = set(candidates)
     level = float(grow_fraction) * float(threshold)
     voxel_ml = float(np.prod(plans.preprocessing.target_spacing_mm)) / 1000.0
     if progress is not None:
         progress.total = len(candidates)
         progress.refresh()
 
-    queue = list(seed_order(image, plans, candidates, S, body_mask)[: max(1, num_seeds)])
-    while queue:
-        batch, queue = queue[:B], queue[B:]
-        for start in runner.run(batch, progress):
-            block = runner.segment_mean(start)
-            for nb in _face_neighbours(block, start, S, face_depth, level):
-                if nb in allowed and nb not in runner.done and nb not in queue:
-                    queue.append(nb)
+    fake = None
+    if stand_in_probabilities is not None:
+        fake = np.zeros(runner.members[0].shape, np.float32)
+        fake[tuple(slice(0, n) for n in stand_in_probabilities.shape)] = stand_in_probabilities
 
-    found_ml = sum(int(np.count_nonzero(runner.segment_mean(s) >= threshold)) for s in runner.done) * voxel_ml
+    def evaluate(batch: list[Start]) -> Sequence[Start]:
+        done = runner.run(batch, progress)
+        if fake is not None:
+            for m in runner.members:
+                for z, y, x in done:
+                    m[z: z + S, y: y + S, x: x + S] = fake[z: z + S, y: y + S, x: x + S]
+        return done
+
+    seeds = seed_order(image, plans, candidates, S, body_mask)[: max(1, num_seeds)]
+    grow_region(evaluate, runner.segment_mean, seeds, set(candidates), S, B, level, face_depth)
+    z, y, x = image.shape
+    found_ml = sum(int(np.count_nonzero(runner.segment_mean(s)[: z - s[0], : y - s[1], : x - s[2]] >= threshold))
+                   for s in runner.done) * voxel_ml
     fell_back = found_ml < min_liver_ml
     if fell_back:
         runner.run(candidates, progress)

@@ -1,0 +1,207 @@
+"""Inference benchmark on the real 3D-IRCADb 1.1 CT: DICOM folder in -> NIfTI mask out, with the
+paper's network (plans/paper.json), one model and the 5-fold ensemble; wall time by stage and peak RSS.
+
+    python benchmarks/bench_inference.py                      # grow, body and full dense; 1 and 5 folds
+    python benchmarks/bench_inference.py --runs grow:1 body:1  # a subset (strategy:folds)
+    python benchmarks/bench_inference.py --count-only         # segment/FLOP counts only (no network)
+
+The networks have random weights (no trained paper model ships with livseg), so their probability
+maps are not liver-like and would make the growth strategy visit everything or nothing. Timing the
+growth honestly therefore uses a stand-in: every evaluated segment is computed by the real network
+(the cost is real), then its output is replaced by the reference liver mask of the case, preprocessed
+and smoothed (Gaussian, sigma 1.5 voxels), before the faces decide where to grow, so exactly the
+segments a good trained model would need are computed. ``body`` (every segment holding body voxels)
+and ``full`` (every segment) need no stand-in. Each run is a fresh process (peak RSS is its own).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+IRCAD = REPO.parent / "shared" / "data" / "3Dircadb1" / "3Dircadb1.1"
+
+
+def unzip(zip_path: Path, dest: Path) -> Path:
+    with zipfile.ZipFile(zip_path) as z:
+        z.extractall(dest)
+    return dest
+
+
+def make_models(folder: Path, n: int) -> Path:
+    import torch
+
+    from livseg_pipeline.experiment_planning.plans import load_preset
+    from livseg_pipeline.network.deepmedic import DeepMedic
+    from livseg_pipeline.training.checkpoint import save_checkpoint
+
+    plans = load_preset("paper")
+    model_dir = folder / "Dataset900_Bench" / "paper"
+    for k in range(n):
+        torch.manual_seed(k)
+        net = DeepMedic.from_plans(plans).eval()
+        save_checkpoint(model_dir / f"fold_{k}" / "checkpoint_best.pth",
+                        {"model": net.state_dict(), "plans": json.dumps(plans.to_dict()), "epoch": 0, "fold": k})
+    return model_dir
+
+
+def stand_in_map(ct_dir: Path, liver_dir: Path):
+    """The reference liver on the preprocessed grid, smoothed: what a good model would output."""
+    import numpy as np
+    from scipy import ndimage
+
+    from livseg_pipeline.experiment_planning.plans import load_preset
+    from livseg_pipeline.io.image_io import read_image
+    from livseg_pipeline.preprocessing.preprocessor import preprocess_case
+
+    ct, lab = read_image(ct_dir), read_image(liver_dir)
+    arrays, _ = preprocess_case(ct, lab.with_array((lab.array > 0).astype(np.uint8)), load_preset("paper"))
+    return ndimage.gaussian_filter(arrays["label"].astype(np.float32), 1.5)
+
+
+def child(args) -> None:
+    """One end-to-end run in this process; prints one JSON line."""
+    import numpy as np
+    import torch
+
+    from livseg_pipeline.inference.dense import available_threads
+    from livseg_pipeline.inference.predictor import Predictor
+    from livseg_pipeline.io.image_io import read_image, write_image
+
+    torch.set_num_threads(available_threads())
+    t0 = time.perf_counter()
+    folds = list(range(args.folds))
+    grow_options = {}
+    if args.strategy == "grow":
+        grow_options["stand_in_probabilities"] = np.load(args.stand_in)
+    t = time.perf_counter()
+    pred = Predictor.from_model_dir(args.model, [str(f) for f in folds], strategy=args.strategy,
+                                    segment_size=args.segment_size or None, grow_options=grow_options)
+    t_load = time.perf_counter() - t
+    t = time.perf_counter()
+    image = read_image(args.ct)
+    t_read = time.perf_counter() - t
+    p = pred.predict_image(image)
+    t = time.perf_counter()
+    write_image(p.mask, Path(args.out) / f"ircad1_{args.strategy}_{args.folds}.nii.gz")
+    t_write = time.perf_counter() - t
+    total = time.perf_counter() - t0
+    print(json.dumps({"strategy": args.strategy, "folds": args.folds, "segment_size": pred.segment_size,
+                      "wall_s": round(total, 1), "end_to_end_s": round(total - t_load, 1),
+                      "stages_s": {"load_model": round(t_load, 2), "read": round(t_read, 2), **p.timings_s,
+                                   "write": round(t_write, 2)},
+                      "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2, 2),
+                      "inference": p.inference, "liver_ml": round(p.liver_volume_ml, 1),
+                      "threads": torch.get_num_threads()}), flush=True)
+
+
+def count_only(ct_dir: Path, stand_in_path: Path) -> list[dict]:
+    """Segments and TFLOP per strategy and segment size (no network run)."""
+    import numpy as np
+
+    from livseg_pipeline.experiment_planning.plans import load_preset
+    from livseg_pipeline.inference.dense import candidate_segments, padded_shape, segment_grid
+    from livseg_pipeline.inference.grow import grow_region, seed_order
+    from livseg_pipeline.io.image_io import read_image
+    from livseg_pipeline.network.deepmedic import DeepMedic, flops_per_output_voxel
+    from livseg_pipeline.preprocessing.preprocessor import preprocess_case, preprocessed_body_mask
+
+    plans = load_preset("paper")
+    img = preprocess_case(read_image(ct_dir), None, plans)[0]["image"]
+    oracle = np.load(stand_in_path)
+    body = preprocessed_body_mask(img, plans, dilate_mm=5.0)
+    net = DeepMedic.from_plans(plans)
+    rows = []
+    for S in (30, 45, 60, 75, 90, 105):
+        po = np.zeros(padded_shape(img.shape, S), np.float32)
+        po[: img.shape[0], : img.shape[1], : img.shape[2]] = oracle
+
+        def block(s, po=po, S=S):
+            return po[s[0]: s[0] + S, s[1]: s[1] + S, s[2]: s[2] + S]
+
+        cands = candidate_segments(img.shape, S, body)
+        seeds = seed_order(img, plans, cands, S, body)[:2]
+        grown = grow_region(lambda b: b, block, seeds, set(cands), S, 1, 0.25)
+        fpv = flops_per_output_voxel(net, S)
+        rows.append({"segment_size": S, "mflop_per_voxel": round(fpv / 1e6, 2),
+                     **{k: {"segments": n, "tflop": round(n * S ** 3 * fpv / 1e12, 2)}
+                        for k, n in (("full", len(segment_grid(img.shape, S))), ("body", len(cands)),
+                                     ("grow", len(grown)))}})
+    liver_vox = int((oracle >= 0.5).sum())
+    rows.append({"preprocessed_shape": list(img.shape), "body_voxels": int(body.sum()), "liver_voxels": liver_vox,
+                 "floor_tflop_liver_only": round(liver_vox * flops_per_output_voxel(net, 15 * 1000) / 1e12, 2)})
+    return rows
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ircad", default=str(IRCAD), help="3Dircadb1.1 folder (PATIENT_DICOM.zip, MASKS_DICOM.zip)")
+    ap.add_argument("--runs", nargs="+", default=["grow:1", "grow:5", "body:1", "full:1"],
+                    help="strategy:folds pairs (grow | body | full)")
+    ap.add_argument("--segment-size", type=int, default=0, help="override the strategy's segment size")
+    ap.add_argument("--count-only", action="store_true")
+    ap.add_argument("--json", help="write all results here")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--strategy", help=argparse.SUPPRESS)
+    ap.add_argument("--folds", type=int, default=1, help=argparse.SUPPRESS)
+    ap.add_argument("--model", help=argparse.SUPPRESS)
+    ap.add_argument("--ct", help=argparse.SUPPRESS)
+    ap.add_argument("--stand-in", help=argparse.SUPPRESS)
+    ap.add_argument("--out", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        child(args)
+        return 0
+    ircad = Path(args.ircad)
+    if not (ircad / "PATIENT_DICOM.zip").is_file():
+        print(f"bench_inference: {ircad}/PATIENT_DICOM.zip not found", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="lvs_bench_inf_") as tmp:
+        tmp = Path(tmp)
+        unzip(ircad / "PATIENT_DICOM.zip", tmp)
+        unzip(ircad / "MASKS_DICOM.zip", tmp)
+        ct_dir, liver_dir = tmp / "PATIENT_DICOM", tmp / "MASKS_DICOM" / "liver"
+        import numpy as np
+
+        stand_in = tmp / "stand_in.npy"
+        np.save(stand_in, stand_in_map(ct_dir, liver_dir))
+        results: list[dict] = []
+        if args.count_only:
+            results = count_only(ct_dir, stand_in)
+            for r in results:
+                print(json.dumps(r))
+        else:
+            max_folds = max(int(r.split(":")[1]) for r in args.runs)
+            model_dir = make_models(tmp / "results", max_folds)
+            for run in args.runs:
+                strategy, folds = run.split(":")
+                cmd = [sys.executable, __file__, "--child", "--strategy", strategy, "--folds", folds,
+                       "--model", str(model_dir), "--ct", str(ct_dir), "--stand-in", str(stand_in),
+                       "--out", str(tmp), "--segment-size", str(args.segment_size)]
+                print(f"running {run} ...", file=sys.stderr, flush=True)
+                proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
+                if proc.returncode != 0:
+                    print(proc.stderr[-2000:], file=sys.stderr)
+                    return 1
+                line = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")][-1]
+                results.append(json.loads(line))
+                print(line, flush=True)
+        load = os.getloadavg()
+        meta = {"cpus": os.cpu_count(), "loadavg_at_end": [round(v, 2) for v in load]}
+        print(json.dumps(meta))
+        if args.json:
+            Path(args.json).write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
