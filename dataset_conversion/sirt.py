@@ -18,10 +18,21 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
+import SimpleITK as sitk
+
 from dataset_conversion.base import CaseError, Converter, SourceCase, make_case_id
 from livseg_pipeline.clinical.dicom_series import DicomReferenceError
-from livseg_pipeline.clinical.rtstruct import RTStructError, read_rtstruct
-from livseg_pipeline.io.image_io import Image, has_image_suffix, is_dicom_file, read_image
+from livseg_pipeline.clinical.rtstruct import RTStructError, read_rtstruct, referenced_series_uids
+from livseg_pipeline.io.image_io import (
+    Geometry,
+    Image,
+    has_image_suffix,
+    is_dicom_file,
+    list_dicom_series,
+    read_image,
+    same_grid,
+)
 
 _LIVER_RE = re.compile(r"liver", re.IGNORECASE)
 
@@ -50,6 +61,34 @@ class SirtConverter(Converter):
                                         str(ct), str(mask) if mask else None, originals))
         return cases
 
+    def read_image(self, case: SourceCase) -> Image:
+        """The CT series; in a folder with several series, the one the mask singles out (CT modality,
+        the series an RTSTRUCT references, or the one whose grid a mask image matches)."""
+        ct = Path(case.image_ref)
+        series = list_dicom_series(ct) if ct.is_dir() else []
+        if len(series) <= 1:
+            return read_image(ct)
+        candidates = [s for s in series if s.modality == "CT"] or series
+        if len(candidates) == 1:
+            return read_image(ct, series_uid=candidates[0].uid)
+        mask = Path(case.label_ref) if case.label_ref else None
+        if mask is not None and not has_image_suffix(mask):
+            try:
+                refs = set(referenced_series_uids(mask)) & {s.uid for s in candidates}
+            except RTStructError as e:
+                raise CaseError(str(e)) from None
+            if len(refs) == 1:
+                return read_image(ct, series_uid=refs.pop())
+        elif mask is not None:
+            grid = _header_grid(mask)
+            images = [read_image(ct, series_uid=s.uid) for s in candidates]
+            matches = [im for im in images if same_grid(im.geometry, grid[0], im.array.shape, grid[1])]
+            if len(matches) == 1:
+                return matches[0]
+        listing = "; ".join(str(s) for s in candidates)
+        raise CaseError(f"{ct}: holds {len(candidates)} CT series and the liver mask does not single one out: "
+                        f"{listing}")
+
     def read_label(self, case: SourceCase, image: Image) -> Image:
         if not case.label_ref:
             raise CaseError(f"{Path(case.image_ref).parent}: no liver mask (image file or DICOM RTSTRUCT) found")
@@ -60,6 +99,20 @@ class SirtConverter(Converter):
             return read_rtstruct(path, case.image_ref, roi_regex="liver")
         except (RTStructError, DicomReferenceError) as e:
             raise CaseError(str(e)) from None
+
+
+def _header_grid(path: Path) -> tuple[Geometry, tuple[int, ...]]:
+    """Geometry and array shape (z, y, x) of an image file, from its header only."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as e:
+        raise CaseError(f"{path}: cannot read the mask header ({str(e).strip().splitlines()[-1]})") from None
+    size = reader.GetSize()[:3]
+    return (Geometry(reader.GetSpacing()[:3], reader.GetOrigin()[:3],
+                     tuple(np.asarray(reader.GetDirection()).reshape(reader.GetDimension(), -1)[:3, :3].ravel())),
+            tuple(reversed(size)))
 
 
 def _is_scan(folder: Path) -> bool:

@@ -58,3 +58,37 @@ def test_rtstruct_masks(phantom_sirt_rtstruct, tmp_path: Path, monkeypatch, caps
     # the patient id comes from the DICOM header, not from the folder name
     ds = json.loads((ds_dir / "dataset.json").read_text())["cases"]
     assert {r["patient_id"] for r in ds.values()} == {f"sirt_{manifest['cases'][0]['patient_id']}"}
+
+
+def _second_series(ct: Path, out: Path) -> None:
+    """Every other slice of ``ct`` as another series (a thicker reconstruction) beside it."""
+    uid = pydicom.uid.generate_uid()
+    for k, f in enumerate(sorted(ct.iterdir())[::2]):
+        ds = pydicom.dcmread(f)
+        ds.SeriesInstanceUID, ds.SeriesNumber = uid, 99
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+        pydicom.dcmwrite(out / f"thick_{k:04d}.dcm", ds, enforce_file_format=True)
+
+
+def test_several_series_the_mask_picks_one(phantom_cohort, tmp_path: Path, monkeypatch) -> None:
+    """A CT folder with a second reconstruction: the series on the mask's grid is taken; when the mask
+    fits none, the case fails naming the series."""
+    cohort, manifest = phantom_cohort
+    recs = [r for r in manifest["cases"] if r["layout"] == "sirt"]
+    sirt = tmp_path / "SIRT"
+    good = sirt / "two_series"
+    shutil.copytree(cohort / Path(recs[0]["files"]["image"]).parent, good)
+    _second_series(good / "CT", good / "CT")
+    wrong = sirt / "mask_of_another_scan"
+    shutil.copytree(good / "CT", wrong / "CT")
+    other_mask = (cohort / recs[-1]["files"]["label"])
+    shutil.copy(other_mask, wrong / "liver.nii.gz")
+
+    monkeypatch.setenv("LVS_RAW", str(tmp_path / "raw"))
+    report = run_conversion(CONVERTERS["sirt"](), sirt, 401, "Series", num_processes=1, verbose=False)
+    status = {c: (r["status"], r["reason"]) for c, r in report["cases"].items()}
+    assert status["sirt_two_series"][0] == "converted"
+    assert status["sirt_mask_of_another_scan"][0] == "failed"
+    assert "2 CT series" in status["sirt_mask_of_another_scan"][1]
+    fp = json.loads((tmp_path / "raw" / "Dataset401_Series" / "fingerprint.json").read_text())["cases"]
+    assert fp["sirt_two_series"]["liver_volume_ml"] == pytest.approx(recs[0]["liver_volume_ml"], rel=1e-3)
