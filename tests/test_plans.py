@@ -181,3 +181,24 @@ def test_preprocessing_workers_bounded_by_memory(tmp_path):
 
 def test_plans_default_object_is_valid():
     assert Plans().validate().plans_name == "paper"
+
+
+def test_every_plans_field_is_documented():
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "documentation" / "plans.md").read_text(encoding="utf-8")
+
+    def leaves(d: dict, prefix: str = ""):
+        for k, v in d.items():
+            if isinstance(v, dict) and k != "planner_info":
+                yield from leaves(v, f"{prefix}{k}.")
+            else:
+                yield prefix, k
+
+    missing = []
+    for prefix, key in leaves(Plans().to_dict()):
+        section = prefix.split(".")[0]
+        sub = prefix[len(section) + 1:] if section else ""
+        if f"`{sub}{key}`" not in doc:
+            missing.append(f"{prefix}{key}")
+    assert not missing, f"documentation/plans.md does not describe: {missing}"
