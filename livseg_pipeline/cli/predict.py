@@ -169,6 +169,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print(f"lvs_predict: --device {args.device}: no CUDA device available here (use --device cpu)",
+              file=sys.stderr)
+        return 2
     torch.set_num_threads(args.threads or available_threads())
     strategy = "full" if args.full_dense else (args.strategy or "grow")
     try:

@@ -207,9 +207,13 @@ def predict_preprocessed(network: torch.nn.Module, image: np.ndarray, plans, dev
         raise ValueError(f"expected a 3D preprocessed volume, got shape {image.shape}")
     S = int(segment_size or plans.inference.segment_size_out)
     B = int(batch_size or plans.inference.batch_size)
-    runner = make_runner(network, image, plans, device, S, B)
-    runner.run(candidate_segments(image.shape, S, body_mask), progress)
-    return runner.result()
+    threads = torch.get_num_threads()
+    try:
+        runner = make_runner(network, image, plans, device, S, B)
+        runner.run(candidate_segments(image.shape, S, body_mask), progress)
+        return runner.result()
+    finally:  # the caller (e.g. the trainer between epochs) keeps its own thread setting
+        torch.set_num_threads(threads)
 
 
 def make_runner(networks, image: np.ndarray, plans, device: torch.device | str, segment_size: int,
