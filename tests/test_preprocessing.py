@@ -226,3 +226,21 @@ def test_save_load_round_trip(tmp_path):
     (tmp_path / "case_7.npz").write_bytes(b"not a zip")
     with pytest.raises(PreprocessingError, match="case_7.npz"):
         load_preprocessed_case(tmp_path, "case_7")
+
+
+def test_oblique_and_nan_inputs():
+    """An oblique scan keeps its (nearest-LPS) rotation and comes back on its grid; NaN voxels are
+    treated as air instead of spreading through interpolation and the median."""
+    ct, label = synthetic_ct(shape_zyx=(20, 60, 70), spacing=(1.2, 1.2, 3.0))
+    a = np.deg2rad(10.0)
+    rot = (np.cos(a), -np.sin(a), 0.0, np.sin(a), np.cos(a), 0.0, 0.0, 0.0, 1.0)
+    geom = Geometry(ct.spacing, ct.geometry.origin, rot)
+    hu = ct.array.astype(np.float32)
+    hu[0, 30, 30:39] = np.nan                       # inside the body, so inside the crop
+    ct_o, lab_o = Image(hu, geom, "oblique.nii.gz"), Image(label.array, geom, "oblique_label.nii.gz")
+    arrays, props = preprocess_case(ct_o, lab_o, load_preset("paper"))
+    assert props["nonfinite_voxels"] == 9 and np.isfinite(arrays["image"]).all()
+    assert np.allclose(props["preprocessed"]["direction"], rot)
+    back = original_image(arrays["label"].astype(np.float32), props)
+    assert same_grid(back, lab_o, tol=1e-6)
+    assert dice(back.array >= 0.5, lab_o.array) > 0.95

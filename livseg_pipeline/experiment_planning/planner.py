@@ -43,9 +43,9 @@ TRAIN_BYTES_PER_ACTIVATION = 4 * 4
 MAX_SEGMENT = {"cuda": 300, "cpu": 195}
 #: framework overhead of a forward/backward pass (oneDNN / cuDNN workspaces, allocator slack)
 FIXED_OVERHEAD_BYTES = 128 * 1024 ** 2
-#: preprocessing peak memory per original voxel (int16 CT, float32 copies, SimpleITK buffers; measured
-#: ~14 B/voxel on IRCAD, see documentation/benchmarks.md) with headroom
-PREPROCESS_BYTES_PER_VOXEL = 24
+#: preprocessing peak memory per original voxel (int16 CT, float32 copies, SimpleITK buffers): measured
+#: up to ~7.5 B/voxel above the idle worker on IRCAD (documentation/benchmarks.md), x2 headroom
+PREPROCESS_BYTES_PER_VOXEL = 16
 
 
 @dataclass

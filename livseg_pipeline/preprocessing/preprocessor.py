@@ -105,8 +105,17 @@ def preprocess_case(image: Image, label: Image | None, plans: Plans) -> tuple[di
 
     # 3. resample to the target spacing (float32 HU)
     out_geom, out_shape = target_grid(cropped_geom, cropped.shape, pp.target_spacing_mm)
-    arr = resample(cropped.astype(np.float32), cropped_geom, out_geom, out_shape, pp.image_interpolation,
-                   fill=float(pp.hu_window[0]))
+    src = cropped.astype(np.float32)
+    if np.issubdtype(cropped.dtype, np.floating):
+        bad = ~np.isfinite(src)
+        props["nonfinite_voxels"] = int(bad.sum())
+        if props["nonfinite_voxels"]:
+            # NaN/inf (seen outside the reconstruction circle of some exports) would spread through
+            # interpolation and the median; they are set to the window's low end, i.e. air.
+            src[bad] = pp.hu_window[0]
+        del bad
+    arr = resample(src, cropped_geom, out_geom, out_shape, pp.image_interpolation, fill=float(pp.hu_window[0]))
+    del src
     arrays: dict[str, np.ndarray] = {}
     if lab is not None:
         label_cropped = lab.array[box_slices(box)]
