@@ -227,6 +227,19 @@ def test_cohort_planted_cases(phantom_cohort):
     assert hdr[0].RescaleIntercept == -1024
 
 
+def test_cohort_dicom_values_match_generator(phantom_cohort):
+    root, manifest = phantom_cohort
+    for layout in ("sirt", "ircadb"):
+        rec = next(c for c in manifest["cases"] if c["layout"] == layout and not c["hard"])
+        img, lab = _read_case(root, rec)
+        ref = generate_phantom(rec["seed"], size_scale=0.3, scan_index=rec["scan_index"])
+        expect = ref.ct.array if layout == "sirt" else np.clip(ref.ct.array, -1024, 1024)
+        assert np.array_equal(img.array, expect), layout
+        assert np.array_equal(lab.array > 0, ref.label.array > 0), layout
+        if layout == "sirt":
+            assert np.allclose(img.geometry.origin, ref.ct.geometry.origin, atol=1e-3)
+
+
 def test_cohort_rerun_skips_finished(phantom_cohort, tmp_path):
     root, manifest = phantom_cohort
     kw = {"n_cases": 3, "seed": 1, "layouts": ("lits", "sliver07"), "size_scale": 0.25, "hard_cases": ()}

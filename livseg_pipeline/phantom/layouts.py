@@ -113,9 +113,11 @@ def write_ircadb(case: PhantomCase, root: Path, index: int, mask_value: int = 25
     base.mkdir(parents=True, exist_ok=True)
     pid = f"liver_{index:02d}"
 
+    key = (case.meta.get("seed"), case.meta.get("scan_index"), index)   # UIDs unique per scan
+
     def info(what: str, number: int) -> SeriesInfo:
-        return SeriesInfo(patient_id="", patient_name=f"{pid}^{what}", study_uid=make_uid("ircad", index, what, "st"),
-                          series_uid=make_uid("ircad", index, what), frame_uid=make_uid("ircad", index, "for"),
+        return SeriesInfo(patient_id="", patient_name=f"{pid}^{what}", study_uid=make_uid("ircad", *key, what, "st"),
+                          series_uid=make_uid("ircad", *key, what), frame_uid=make_uid("ircad", *key, "for"),
                           study_date="20090527", series_description="", series_number=number, institution="IRCAD")
 
     masks = {"liver": case.label}
@@ -144,10 +146,11 @@ def write_sirt(case: PhantomCase, root: Path, patient_id: str, study_date: str, 
     base = root / LAYOUT_ROOTS["sirt"] / f"{patient_id}_{study_date}"
     base.mkdir(parents=True, exist_ok=True)
     desc = "ABDOMEN PV 3.0 B30f" if case.meta.get("contrast") == "portal" else "CT LOW DOSE AC 5.0 B31s"
+    key = (case.meta.get("seed"), case.meta.get("scan_index"), patient_id, study_date)   # unique per scan
     info = SeriesInfo(patient_id=patient_id, patient_name=f"PHANTOM^{patient_id}",
-                      study_uid=make_uid("sirt", patient_id, study_date),
-                      series_uid=make_uid("sirt", patient_id, study_date, "ct"),
-                      frame_uid=make_uid("sirt", patient_id, study_date, "for"),
+                      study_uid=make_uid("sirt", *key),
+                      series_uid=make_uid("sirt", *key, "ct"),
+                      frame_uid=make_uid("sirt", *key, "for"),
                       study_date=study_date, series_description=desc, series_number=series_number)
     ct_dir = base / "CT"
     if ct_dir.exists():
