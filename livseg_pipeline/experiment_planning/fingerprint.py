@@ -81,9 +81,9 @@ def fingerprint_case(image: Image, label: Image | None) -> dict:
     if not is_orthonormal(g):
         verdicts["direction_not_orthonormal"] = f"direction {np.round(g.direction, 4).tolist()} is not orthonormal"
 
-    # Reorientation needs a valid header; a broken one is judged as stored.
-    valid = bool(np.all(sp > 0)) and is_orthonormal(g)
-    lps = reorient_to_canonical(image) if valid else image
+    # Reorientation needs a valid header (a broken one is judged as stored); LPS axes need none.
+    to_lps = bool(np.all(sp > 0)) and is_orthonormal(g) and not np.allclose(g.direction_matrix, np.eye(3))
+    lps = reorient_to_canonical(image) if to_lps else image
     arr = lps.array
     n_nan = int(np.sum(~np.isfinite(arr))) if np.issubdtype(arr.dtype, np.floating) else 0
     if n_nan:
@@ -101,7 +101,7 @@ def fingerprint_case(image: Image, label: Image | None) -> dict:
            "dtype": str(image.array.dtype), "n_nan": n_nan, "hu": hu}
 
     if label is not None:
-        _label_part(rec, verdicts, image, lps, label, valid)
+        _label_part(rec, verdicts, image, lps, label, to_lps)
     rec["verdicts"] = verdicts
     rec["signature"] = {"profiles": profiles(arr)}
     return rec
@@ -114,7 +114,7 @@ def _orientation(image: Image) -> str:
         return "?"
 
 
-def _label_part(rec: dict, verdicts: dict, image: Image, lps: Image, label: Image, valid: bool) -> None:
+def _label_part(rec: dict, verdicts: dict, image: Image, lps: Image, label: Image, to_lps: bool) -> None:
     values = np.unique(label.array)
     rec["label_values"] = [float(v) if not float(v).is_integer() else int(v) for v in values[:20]]
     if not set(rec["label_values"]) <= {0, 1}:
@@ -125,7 +125,7 @@ def _label_part(rec: dict, verdicts: dict, image: Image, lps: Image, label: Imag
         if label.array.shape != image.array.shape:
             return
     lab = image.with_array(label.array)
-    lab = reorient_to_canonical(lab) if valid else lab
+    lab = reorient_to_canonical(lab) if to_lps else lab
     liver = lab.array > 0
     n = int(liver.sum())
     rec["liver_voxels"] = n
