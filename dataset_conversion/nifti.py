@@ -6,11 +6,14 @@ Any format :func:`livseg_pipeline.io.read_image` reads is accepted (NIfTI, MHA/M
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import ClassVar
 
 from dataset_conversion.base import Converter, SourceCase, make_case_id
 from livseg_pipeline.io.image_io import has_image_suffix, strip_image_suffix
+
+_CHANNEL_RE = re.compile(r"(.+)_(\d{4})")
 
 
 class NiftiConverter(Converter):
@@ -28,9 +31,10 @@ class NiftiConverter(Converter):
             if path.name.startswith(".") or not path.is_file() or not has_image_suffix(path):
                 continue
             stem = strip_image_suffix(path.name)
-            case = stem[:-5] if stem.endswith("_0000") else stem
-            if stem.endswith(("_0001", "_0002", "_0003")):
-                continue  # further channels; livseg uses CT only
+            channel = _CHANNEL_RE.fullmatch(stem)
+            if channel and channel.group(2) != "0000":
+                continue  # further channels; livseg uses the CT (channel 0) only
+            case = channel.group(1) if channel else stem
             ending = path.name[len(stem):]
             cid = make_case_id(case)
             cases.append(SourceCase(cid, cid, str(path), str(labels / f"{case}{ending}")))
