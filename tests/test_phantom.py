@@ -149,6 +149,8 @@ def test_bad_arguments():
         generate_phantom(0, contrast="arterial")
     with pytest.raises(ValueError, match="spacing"):
         generate_phantom(0, spacing=(1.0, 0.0, 1.0))
+    with pytest.raises(ValueError, match="orientation"):
+        generate_phantom(0, orientation="XYZ")
     with pytest.raises(ValueError, match="layout"):
         write_cohort("/nonexistent/never", n_cases=2, layouts=("lits", "kaggle"))
 
@@ -249,6 +251,21 @@ def test_cohort_rerun_skips_finished(phantom_cohort, tmp_path):
     assert m1["n_written"] == 3 and m2["n_written"] == 0
     assert stamp == {p: p.stat().st_mtime_ns for p in stamp}
     assert [c["case_id"] for c in m1["cases"]] == [c["case_id"] for c in m2["cases"]]
+    assert m2["complete"] is True
+
+
+def test_cohort_resumes_after_interruption(tmp_path):
+    kw = {"n_cases": 3, "seed": 2, "layouts": ("msd",), "size_scale": 0.25, "hard_cases": (),
+          "plant_duplicate": False}
+
+    def crash_after_two(plan):
+        if plan.case_id == "msd_001":
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        write_cohort(tmp_path, progress=crash_after_two, **kw)
+    partial = json.loads((tmp_path / "manifest.json").read_text())
+    assert partial["complete"] is False and len(partial["cases"]) == 2
+    assert write_cohort(tmp_path, **kw)["n_written"] == 1
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")   # rt-utils uses pydicom's old API

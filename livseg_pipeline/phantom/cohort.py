@@ -168,27 +168,34 @@ def write_cohort(out_dir: str | Path, n_cases: int = 20, seed: int = 0,
             old = {}
     by_id = {p.case_id: p for p in plans}
     records, n_new = [], 0
-    for p in plans:
-        key = p.key(size_scale, sirt_mask_format)
+
+    def manifest(complete: bool, recs: list[dict]) -> dict:
+        return {
+            "generator": "livseg_pipeline.phantom", "version": MANIFEST_VERSION, "seed": seed,
+            "n_cases": n_cases, "size_scale": size_scale, "layouts": list(dict.fromkeys(p.layout for p in plans)),
+            "sirt_mask_format": sirt_mask_format, "complete": complete, "cases": recs,
+            "duplicates": [[r["duplicate_of"], r["case_id"]] for r in recs if r.get("duplicate_of")],
+            "patients": _patients(recs), "n_written": n_new,
+        }
+
+    for i, p in enumerate(plans):
         rec = old.get(p.case_id)
-        if not _reusable(rec, key, root):
-            rec = _write_case(p, root, size_scale, sirt_mask_format, by_id)
+        if _reusable(rec, p.key(size_scale, sirt_mask_format), root):
+            records.append(rec)
+        else:
+            records.append(_write_case(p, root, size_scale, sirt_mask_format, by_id))
             n_new += 1
-        records.append(rec)
+            # Keep the manifest current, so an interrupted run loses no finished case.
+            pending = [old[q.case_id] for q in plans[i + 1:] if q.case_id in old]
+            save_json(manifest(False, records + pending), root / MANIFEST)
         if progress is not None:
             progress(p)
     msd = [p.index for p in plans if p.layout == "msd"]
     if msd:
         write_msd_dataset_json(root, msd)
-    manifest = {
-        "generator": "livseg_pipeline.phantom", "version": MANIFEST_VERSION, "seed": seed, "n_cases": n_cases,
-        "size_scale": size_scale, "layouts": list(dict.fromkeys(p.layout for p in plans)),
-        "sirt_mask_format": sirt_mask_format, "cases": records,
-        "duplicates": [[r["duplicate_of"], r["case_id"]] for r in records if r.get("duplicate_of")],
-        "patients": _patients(records), "n_written": n_new,
-    }
-    save_json(manifest, root / MANIFEST)
-    return manifest
+    out = manifest(True, records)
+    save_json(out, root / MANIFEST)
+    return out
 
 
 def _patients(records: list[dict]) -> dict[str, list[str]]:

@@ -93,6 +93,16 @@ def _case_table(rng: np.random.Generator, contrast: str, hard: str | None) -> di
     return table
 
 
+def _valid_orientation(code: str) -> bool:
+    """Three letters, one from each of R/L, A/P, S/I.
+
+    >>> _valid_orientation("RAS"), _valid_orientation("PIR"), _valid_orientation("RRS")
+    (True, True, False)
+    """
+    code = str(code).upper()
+    return len(code) == 3 and all(sum(c in pair for c in code) == 1 for pair in ("RL", "AP", "SI"))
+
+
 def generate_phantom(seed: int, *, hard: str | None = None, contrast: str | None = None,
                      spacing: tuple[float, float, float] | None = None, size_scale: float = 1.0,
                      orientation: str = "LPS", scan_index: int = 0) -> PhantomCase:
@@ -114,6 +124,8 @@ def generate_phantom(seed: int, *, hard: str | None = None, contrast: str | None
         raise ValueError(f"hard must be None or one of {HARD_CASES}, got {hard!r}")
     if size_scale <= 0:
         raise ValueError(f"size_scale must be > 0, got {size_scale}")
+    if not _valid_orientation(orientation):
+        raise ValueError(f"orientation must be a 3-letter ITK code like 'LPS' or 'RAS', got {orientation!r}")
     if spacing is not None and (len(spacing) != 3 or min(spacing) <= 0):
         raise ValueError(f"spacing must be three positive numbers (x, y, z mm), got {spacing!r}")
     anat_ss, acq_ss = np.random.SeedSequence(seed).spawn(2)

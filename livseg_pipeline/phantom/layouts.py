@@ -165,6 +165,10 @@ def write_sirt(case: PhantomCase, root: Path, patient_id: str, study_date: str, 
         if tmp_dir.exists():
             shutil.rmtree(tmp_dir)
     files: dict[str, Path] = {"image": ct_dir}
+    # A rerun with another mask format must not leave the other mask behind (two masks = ambiguous).
+    for fmt, stale in (("rtstruct", base / "liver.nii.gz"), ("nifti", base / "RTSTRUCT_liver.dcm")):
+        if mask_format == fmt and stale.exists():
+            stale.unlink()
     if mask_format in ("rtstruct", "both"):
         files["label_rtstruct"] = _write_rtstruct(case, ct_dir, base / "RTSTRUCT_liver.dcm")
     if mask_format in ("nifti", "both"):
