@@ -142,6 +142,43 @@ def count_only(ct_dir: Path, stand_in_path: Path) -> list[dict]:
     return rows
 
 
+def throughput(specs: list[str], threads: list[int]) -> list[dict]:
+    """GFLOP/s of one paper-network forward pass per segment size, batch, thread count and memory
+    format (``SxB`` or ``SxBcl`` for channels_last_3d; ``mkldnn`` off with ``SxBnomkl``)."""
+    import torch
+
+    from livseg_pipeline.experiment_planning.plans import load_preset
+    from livseg_pipeline.network.deepmedic import DeepMedic, flops_per_output_voxel
+
+    net = DeepMedic.from_plans(load_preset("paper")).eval()
+    rows = []
+    for n_threads in threads:
+        torch.set_num_threads(n_threads)
+        for spec in specs:
+            cl, nomkl = spec.endswith("cl"), spec.endswith("nomkl")
+            S, B = (int(v) for v in spec.removesuffix("cl").removesuffix("nomkl").split("x"))
+            xs = [torch.randn(B, 1, n, n, n) for n in net.input_sizes(S)]
+            model = net
+            if cl:
+                model = net.to(memory_format=torch.channels_last_3d)
+                xs = [x.to(memory_format=torch.channels_last_3d) for x in xs]
+            with torch.inference_mode(), torch.backends.mkldnn.flags(enabled=not nomkl):
+                model(*xs)
+                times = []
+                for _ in range(2):
+                    t = time.perf_counter()
+                    model(*xs)
+                    times.append(time.perf_counter() - t)
+            dt = min(times)
+            flop = flops_per_output_voxel(net, S) * S ** 3 * B
+            rows.append({"segment_size": S, "batch": B, "threads": n_threads, "channels_last": cl,
+                         "mkldnn": not nomkl, "s_per_forward": round(dt, 2), "gflop_per_s": round(flop / dt / 1e9, 1),
+                         "mvoxel_per_s": round(B * S ** 3 / dt / 1e6, 3)})
+            print(json.dumps(rows[-1]), flush=True)
+            net = net.to(memory_format=torch.contiguous_format)
+    return rows
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ircad", default=str(IRCAD), help="3Dircadb1.1 folder (PATIENT_DICOM.zip, MASKS_DICOM.zip)")
@@ -149,6 +186,9 @@ def main() -> int:
                     help="strategy:folds pairs (grow | body | full)")
     ap.add_argument("--segment-size", type=int, default=0, help="override the strategy's segment size")
     ap.add_argument("--count-only", action="store_true")
+    ap.add_argument("--throughput", nargs="*", metavar="SxB[cl|nomkl]",
+                    help="only time single forward passes, e.g. 30x4 45x1 75x1 105x1 75x1cl 75x1nomkl")
+    ap.add_argument("--threads", type=int, nargs="+", default=[2], help="thread counts for --throughput")
     ap.add_argument("--json", help="write all results here")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--strategy", help=argparse.SUPPRESS)
@@ -160,6 +200,11 @@ def main() -> int:
     args = ap.parse_args()
     if args.child:
         child(args)
+        return 0
+    if args.throughput is not None:
+        rows = throughput(args.throughput or ["30x4", "45x1", "75x1", "105x1", "75x1cl", "75x1nomkl"], args.threads)
+        if args.json:
+            Path(args.json).write_text(json.dumps({"loadavg": os.getloadavg(), "results": rows}, indent=2) + "\n")
         return 0
     ircad = Path(args.ircad)
     if not (ircad / "PATIENT_DICOM.zip").is_file():

@@ -6,9 +6,9 @@ need not be evaluated. Growing finds every such path:
 
 1. seeds: the body segments with the most liver-like voxels (soft tissue HU on the patient's right),
    best first;
-2. after a segment is evaluated, each of its six faces (the outer ``face_depth`` voxel layers) is
-   looked at; if any voxel there has ``p >= grow_threshold`` (a fraction of the decision threshold),
-   the neighbouring segment across that face is queued;
+2. after a segment is evaluated, each of its six faces (the outer ``face_depth`` voxel layers), twelve
+   edges and eight corners is looked at; if any voxel there has ``p >= grow_threshold`` (a fraction
+   of the decision threshold), the neighbouring segment across it is queued;
 3. the queue is worked off in batches until empty.
 
 The result is identical to dense inference (with the same body skip) on every segment connected to
@@ -73,16 +73,18 @@ def seed_order(image: np.ndarray, plans, candidates: Sequence[Start], segment_si
     return sorted(candidates, key=lambda s: -int(counts[s[0] // S, s[1] // S, s[2] // S]))
 
 
+_OFFSETS = [(dz, dy, dx) for dz in (-1, 0, 1) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dz, dy, dx) != (0, 0, 0)]
+
+
 def _face_neighbours(block: np.ndarray, start: Start, segment_size: int, depth: int, level: float) -> list[Start]:
+    """Neighbours (across faces, edges and corners: 26-connected components may cross a segment
+    boundary at an edge or a corner only) whose border region of ``block`` holds a voxel >= level."""
+    S = segment_size
+    near = {-1: slice(0, depth), 0: slice(None), 1: slice(S - depth, S)}
     out = []
-    for ax in range(3):
-        for side, step in ((0, -1), (1, 1)):
-            sl = [slice(None)] * 3
-            sl[ax] = slice(0, depth) if side == 0 else slice(segment_size - depth, segment_size)
-            if block[tuple(sl)].max() >= level:
-                nb = list(start)
-                nb[ax] += step * segment_size
-                out.append(tuple(nb))
+    for off in _OFFSETS:
+        if block[tuple(near[d] for d in off)].max() >= level:
+            out.append(tuple(int(s + d * S) for s, d in zip(start, off)))
     return out
 
 
