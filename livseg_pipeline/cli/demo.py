@@ -1,17 +1,10 @@
-"""Console entry point lvs_demo (stage not implemented yet)."""
+"""Console entry point ``lvs_demo``: see :mod:`livseg_pipeline.demo`."""
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="lvs_demo", description="lvs_demo: this stage is not implemented yet.")
-    parser.parse_args(argv)
-    print("lvs_demo: this stage is not implemented yet", file=sys.stderr)
-    return 2
-
+from livseg_pipeline.demo import main
 
 if __name__ == "__main__":
     sys.exit(main())
