@@ -19,21 +19,19 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import hashlib
-import multiprocessing
 import re
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 import SimpleITK as sitk
-from tqdm import tqdm
 
 from dataset_conversion.errors import CaseError, ConversionError
 from livseg_pipeline.experiment_planning.duplicates import POLICIES, find_duplicates
-from livseg_pipeline.experiment_planning.fingerprint import extract_fingerprint, fingerprint_case
+from livseg_pipeline.experiment_planning.fingerprint import extract_fingerprint, fingerprint_case, map_cases
 from livseg_pipeline.experiment_planning.splits import assign_groups, make_splits
 from livseg_pipeline.io.image_io import Image, ImageReadError, read_image, same_grid
 from livseg_pipeline.paths import dataset_name, parse_dataset_name, raw_root
@@ -300,17 +298,6 @@ def load_dataset_json(dataset_dir: Path) -> dict:
     return ds
 
 
-def _pool_map(func, jobs: list, num_processes: int, desc: str) -> Iterator:
-    """Results in completion order, with a progress bar; in-process when one worker suffices."""
-    bar = dict(total=len(jobs), desc=desc, unit="case", dynamic_ncols=True, leave=False)
-    if num_processes <= 1 or len(jobs) <= 1:
-        for j in tqdm(jobs, **bar):
-            yield func(j)
-        return
-    with multiprocessing.get_context("fork").Pool(min(num_processes, len(jobs))) as pool:
-        yield from tqdm(pool.imap_unordered(func, jobs), **bar)
-
-
 def run_conversion(converter: Converter, input_dir: str | Path, dataset_id: int, name: str | None = None,
                    num_processes: int = 1, duplicates: str = "group", overwrite_splits: bool = False,
                    verbose: bool = True) -> dict:
@@ -346,7 +333,7 @@ def run_conversion(converter: Converter, input_dir: str | Path, dataset_id: int,
 
     fingerprints: dict[str, dict] = {}
     t0 = time.perf_counter()
-    for res in _pool_map(_convert_case_star, jobs, num_processes, f"lvs_convert {converter.source}"):
+    for res in map_cases(_convert_case_star, jobs, num_processes, f"lvs_convert {converter.source}"):
         results[res.case_id] = res
         if res.record:
             ds["cases"][res.case_id] = res.record

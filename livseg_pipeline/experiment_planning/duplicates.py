@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 from collections import OrderedDict
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -204,8 +205,13 @@ def near_similarity(sig_a: dict, sig_b: dict, load_a, load_b) -> float | None:
 # ----------------------------------------------------------------------------------------------
 # Dataset
 # ----------------------------------------------------------------------------------------------
-def _union_groups(cases: list[str], pairs: list[tuple[str, str]]) -> list[list[str]]:
-    parent = {c: c for c in cases}
+def connected_groups(items: Iterable[str], pairs: Iterable[tuple[str, str]]) -> list[list[str]]:
+    """Connected components of ``pairs`` over ``items`` (singletons included), each sorted.
+
+    >>> connected_groups("abcde", [("a", "c"), ("d", "c")])
+    [['a', 'c', 'd'], ['b'], ['e']]
+    """
+    parent = {c: c for c in items}
 
     def root(c: str) -> str:
         while parent[c] != c:
@@ -218,9 +224,9 @@ def _union_groups(cases: list[str], pairs: list[tuple[str, str]]) -> list[list[s
         if ra != rb:
             parent[max(ra, rb)] = min(ra, rb)
     groups: dict[str, list[str]] = {}
-    for c in cases:
+    for c in parent:
         groups.setdefault(root(c), []).append(c)
-    return sorted((sorted(g) for g in groups.values() if len(g) > 1), key=lambda g: g[0])
+    return sorted((sorted(g) for g in groups.values()), key=lambda g: g[0])
 
 
 def policy_weights(groups: list[list[str]], cases: list[str], policy: str,
@@ -293,7 +299,7 @@ def find_duplicates(raw_dataset_dir: str | Path, fingerprint: dict | None = None
             checks.append([key[0], key[1], sim])
             if sim >= NEAR_MIN_NCC:
                 pairs.append({"a": a, "b": b, "kind": "near", "similarity": round(sim, 5)})
-    groups = _union_groups(cases, [(p["a"], p["b"]) for p in pairs])
+    groups = [g for g in connected_groups(cases, [(p["a"], p["b"]) for p in pairs]) if len(g) > 1]
     weights, dropped = policy_weights(groups, cases, policy, fcases)
     result = {"policy": policy, "groups": groups, "pairs": pairs, "weights": weights, "dropped": dropped,
               "thresholds": {"profile_min_ncc": PROFILE_MIN_NCC, "near_min_ncc": NEAR_MIN_NCC,

@@ -22,7 +22,9 @@ adding cases to a dataset only fingerprints the new ones.
 from __future__ import annotations
 
 import multiprocessing
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 from tqdm import tqdm
@@ -38,6 +40,7 @@ from livseg_pipeline.io.image_io import (
 )
 from livseg_pipeline.utils.files import load_json, save_json
 
+T = TypeVar("T")
 PERCENTILES = (0.5, 1, 5, 25, 50, 75, 95, 99, 99.5)
 #: spacing (mm) outside these ranges is implausible for abdominal CT: in-plane (x, y), slice (z).
 INPLANE_RANGE = (0.2, 6.0)
@@ -159,6 +162,18 @@ def _label_part(rec: dict, verdicts: dict, image: Image, lps: Image, label: Imag
 # ----------------------------------------------------------------------------------------------
 # Dataset
 # ----------------------------------------------------------------------------------------------
+def map_cases(func: Callable[[Any], T], jobs: list, num_processes: int, desc: str) -> Iterator[T]:
+    """``func`` over ``jobs`` in worker processes, results in completion order, with a progress bar;
+    in-process when one worker suffices (also used by the converter)."""
+    bar = dict(total=len(jobs), desc=desc, unit="case", dynamic_ncols=True, leave=False)
+    if num_processes <= 1 or len(jobs) <= 1:
+        for j in tqdm(jobs, **bar):
+            yield func(j)
+        return
+    with multiprocessing.get_context("fork").Pool(min(num_processes, len(jobs))) as pool:
+        yield from tqdm(pool.imap_unordered(func, jobs), **bar)
+
+
 def _dataset_cases(raw_dir: Path) -> tuple[list[str], str]:
     ds_path = raw_dir / "dataset.json"
     ds = load_json(ds_path) if ds_path.exists() else {}
@@ -221,13 +236,7 @@ def extract_fingerprint(raw_dataset_dir: str | Path, num_processes: int = 2, pre
             records[c] = old[c]
         else:
             todo.append((raw_dir, c, ending))
-    if todo:
-        bar = dict(total=len(todo), desc="fingerprint", unit="case", dynamic_ncols=True, leave=False)
-        if num_processes > 1 and len(todo) > 1:
-            with multiprocessing.get_context("fork").Pool(min(num_processes, len(todo))) as pool:
-                records.update(tqdm(pool.imap_unordered(_fingerprint_job, todo), **bar))
-        else:
-            records.update(_fingerprint_job(j) for j in tqdm(todo, **bar))
+    records.update(map_cases(_fingerprint_job, todo, num_processes, "fingerprint"))
     records = dict(sorted(records.items()))
     fp = {"cases": records, "summary": summarize(records)}
     save_json(fp, out_path)

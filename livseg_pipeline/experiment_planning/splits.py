@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from livseg_pipeline.experiment_planning.duplicates import connected_groups
 from livseg_pipeline.utils.files import atomic_path, load_json, save_json
 
 DEFAULT_SEED = 12345  # nnU-Net's seed for its 5-fold split
@@ -33,35 +34,14 @@ def split_groups(cases: dict[str, dict], duplicates: dict | None = None) -> list
     ...               "d": {"patient_id": "r"}}, {"policy": "group", "groups": [["c", "d"]]})
     [['a', 'b'], ['c', 'd']]
     """
-    parent = {c: c for c in cases}
-
-    def root(c: str) -> str:
-        while parent[c] != c:
-            parent[c] = parent[parent[c]]
-            c = parent[c]
-        return c
-
-    def join(a: str, b: str) -> None:
-        ra, rb = root(a), root(b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-
-    by_patient: dict[str, str] = {}
+    first_of_patient: dict[str, str] = {}
+    pairs = []
     for c, rec in sorted(cases.items()):
         pid = str(rec.get("patient_id") or c)
-        if pid in by_patient:
-            join(by_patient[pid], c)
-        else:
-            by_patient[pid] = c
+        pairs.append((first_of_patient.setdefault(pid, c), c))
     if duplicates and duplicates.get("policy", "group") != "keep":
-        for g in duplicates.get("groups", []):
-            members = [c for c in g if c in parent]
-            for other in members[1:]:
-                join(members[0], other)
-    groups: dict[str, list[str]] = {}
-    for c in sorted(cases):
-        groups.setdefault(root(c), []).append(c)
-    return sorted(groups.values(), key=lambda g: g[0])
+        pairs += [(g[0], c) for g in duplicates.get("groups", []) for c in g[1:] if g[0] in cases and c in cases]
+    return connected_groups(sorted(cases), pairs)
 
 
 def assign_groups(cases: dict[str, dict], duplicates: dict) -> None:
