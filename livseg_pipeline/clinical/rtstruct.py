@@ -22,11 +22,8 @@ any RTSTRUCT (MIM, 3D Slicer, Eclipse, ...), e.g. the SIRT masks that dataset co
   as inside too, so a write/read round trip gives the mask back.
 
 The mask comes back as a bool array ``(z, y, x)`` on the grid that ``read_image(dicom_folder)``
-returns (slices sorted along the slice normal).
-
->>> from pathlib import Path
->>> callable(read_rtstruct_mask) and read_rtstruct_mask.__name__
-'read_rtstruct_mask'
+returns (slices sorted along the slice normal). :func:`rtstruct_to_mask_file` writes it as a mask
+file, e.g. to compare observers' adjusted structures with ``lvs_evaluate --compare``.
 """
 
 from __future__ import annotations
