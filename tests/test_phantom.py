@@ -142,7 +142,7 @@ def test_hard_abnormal_position(seed, what):
         assert extent(hard, 2)[0] < extent(normal, 2)[0] - 30       # long caudal right lobe
 
 
-def test_bad_arguments():
+def test_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="hard"):
         generate_phantom(0, hard="nonsense")
     with pytest.raises(ValueError, match="contrast"):
@@ -151,8 +151,13 @@ def test_bad_arguments():
         generate_phantom(0, spacing=(1.0, 0.0, 1.0))
     with pytest.raises(ValueError, match="orientation"):
         generate_phantom(0, orientation="XYZ")
+    with pytest.raises(ValueError, match="Mvoxel"):
+        generate_phantom(0, spacing=(0.1, 0.1, 0.1))
     with pytest.raises(ValueError, match="layout"):
-        write_cohort("/nonexistent/never", n_cases=2, layouts=("lits", "kaggle"))
+        write_cohort(tmp_path / "never", n_cases=2, layouts=("lits", "kaggle"))
+    with pytest.raises(ValueError, match="sirt_mask_format"):
+        write_cohort(tmp_path / "never", sirt_mask_format="png")
+    assert not (tmp_path / "never").exists()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -157,9 +157,13 @@ def write_cohort(out_dir: str | Path, n_cases: int = 20, seed: int = 0,
     ``manifest.json``; returns the manifest. Cases already written by an identical earlier call are
     kept (a rerun only writes what is missing). ``progress`` is called after each case.
     """
+    if sirt_mask_format not in ("nifti", "rtstruct", "both"):
+        raise ValueError(f"sirt_mask_format must be 'nifti', 'rtstruct' or 'both', got {sirt_mask_format!r}")
+    if size_scale <= 0:
+        raise ValueError(f"size_scale must be > 0, got {size_scale}")
+    plans = plan_cohort(n_cases, seed, layouts, hard_cases, plant_duplicate)
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
-    plans = plan_cohort(n_cases, seed, layouts, hard_cases, plant_duplicate)
     old = {}
     if (root / MANIFEST).exists():
         try:

@@ -19,7 +19,8 @@ from livseg_pipeline.phantom.shapes import Grid, grid_noise
 from livseg_pipeline.phantom.tissues import HU, LESION_TISSUES, LIVER_TISSUES, T, hu_table
 
 HARD_CASES = ("low_contrast", "dense_lesion", "abnormal_position")
-MAX_VOXELS = 3.2e6
+MAX_VOXELS = 3.2e6          # random acquisitions stay below this
+MAX_GRID_VOXELS = 120e6     # forced spacing / size_scale: refuse what would not fit in memory
 
 
 @dataclass
@@ -140,6 +141,9 @@ def generate_phantom(seed: int, *, hard: str | None = None, contrast: str | None
     plan = draw_body_plan(anat_rng, abnormal)
     acq = _draw_acquisition(acq_rng, plan, hard, contrast, spacing, size_scale)
     grid = Grid.from_extent(acq.lo, acq.hi, acq.spacing)
+    if np.prod(grid.shape, dtype=float) > MAX_GRID_VOXELS:
+        raise ValueError(f"phantom grid {grid.shape} (z, y, x) would hold {np.prod(grid.shape, dtype=float) / 1e6:.0f} "
+                         f"Mvoxel (limit {MAX_GRID_VOXELS / 1e6:.0f}); use a larger spacing or a smaller size_scale")
 
     tissue = np.zeros(grid.shape, np.uint8)
     paint_anatomy(tissue, grid, plan, anat_rng)
