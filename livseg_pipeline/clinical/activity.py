@@ -18,9 +18,10 @@ Both methods are the standard ones in the package inserts; every constant is a f
   LSF < 10 %: no reduction; 10 % <= LSF < 15 %: 20 %; 15 % <= LSF <= 20 %: 40 %; LSF > 20 %: do
   not treat (``lung_shunt_reductions``, ``lsf_do_not_treat``).
 
-The constants were transcribed from the package inserts as summarised in the literature (they could
-not be re-checked against the current insert text while writing this module); verify them against
-the insert of the product you use. These numbers support, but never replace, a physicist's plan.
+The constants were transcribed from the package inserts as summarised in the literature; secondary
+sources confirmed the BSA form, the MIRD constant (rounded to 50) and the 30 Gy lung limit, not the
+shunt reduction table (see documentation/clinical_workflow.md). Verify them against the insert of
+the product you use. These numbers support, but never replace, a physicist's plan.
 
 >>> round(mird_activity_gbq(120.0, 1.5, 0.0), 4)
 3.6239
