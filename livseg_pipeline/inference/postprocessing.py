@@ -4,9 +4,9 @@ Tang et al. 2020: threshold; erode "to disconnect the regions with weak connecti
 connected region; dilate it "back to its original size". Here:
 
 1. ``mask = p >= threshold``
-2. erosion by a ball of ``radius_mm`` (an ellipsoid in voxels when the spacing is anisotropic),
-   computed exactly as ``EDT(mask) > radius`` with the voxel spacing as sampling; outside the volume
-   counts as background (as ``scipy.ndimage.binary_erosion`` does);
+2. erosion by a ball of ``radius_mm`` (an ellipsoid in voxels when the spacing is anisotropic:
+   every voxel offset within ``radius_mm``); outside the volume counts as background (as
+   ``scipy.ndimage.binary_erosion`` does);
 3. the largest ``connectivity``-connected component of the eroded mask is kept (the "core");
 4. it is dilated back by the box enclosing that ball (half-widths ``ceil(radius / spacing)`` voxels
    per axis, so that voxel rounding never leaves a hole in the surface) **inside the thresholded
@@ -65,8 +65,7 @@ def connectivity_structure(connectivity: int) -> np.ndarray:
 
 
 def ellipsoid_element(radius_mm: float, spacing_zyx) -> np.ndarray:
-    """Boolean structuring element of all voxel offsets within ``radius_mm`` (for reference/tests;
-    the operations themselves use distance transforms, which give the same result faster).
+    """Boolean structuring element of all voxel offsets within ``radius_mm``.
 
     >>> ellipsoid_element(2.0, (2.0, 1.0, 1.0)).shape
     (3, 5, 5)
@@ -88,10 +87,29 @@ def _bbox(mask: np.ndarray, margin) -> tuple[slice, ...] | None:
 
 
 def erode(mask: np.ndarray, radius_mm: float, spacing_zyx) -> np.ndarray:
-    """Erosion by the ball of ``radius_mm`` (outside the array is background)."""
-    padded = np.pad(mask.astype(bool), 1)
-    dist = ndimage.distance_transform_edt(padded, sampling=spacing_zyx)
-    return (dist > radius_mm + 1e-6)[1:-1, 1:-1, 1:-1]
+    """Erosion by the ball of ``radius_mm`` (outside the array is background); exactly
+    ``binary_erosion(mask, ellipsoid_element(radius_mm, spacing_zyx))``.
+
+    The ball is a union of x-runs, one per (dz, dy) offset, so the erosion is the AND of shifted 1D
+    running minima along x (one per distinct run length): about 10x faster than a distance transform
+    or a 3D structuring element on a 512 x 512 x 130 CT.
+    """
+    el = ellipsoid_element(radius_mm, spacing_zyx)
+    hz, hy, hx = (n // 2 for n in el.shape)
+    Z, Y, X = mask.shape
+    padded = np.pad(mask.astype(np.uint8), ((hz, hz), (hy, hy), (hx, hx)))
+    runs: dict[int, np.ndarray] = {}
+    out = np.ones(mask.shape, dtype=bool)
+    for dz in range(-hz, hz + 1):
+        for dy in range(-hy, hy + 1):
+            row = el[dz + hz, dy + hy]
+            if not row.any():
+                continue
+            w = hx - int(np.argmax(row))   # the row is symmetric: offsets -w..w
+            if w not in runs:
+                runs[w] = ndimage.minimum_filter1d(padded, 2 * w + 1, axis=2, mode="constant", cval=0)
+            out &= runs[w][hz + dz: hz + dz + Z, hy + dy: hy + dy + Y, hx: hx + X].view(bool)
+    return out
 
 
 def box_half_widths(radius_mm: float, spacing_zyx) -> tuple[int, int, int]:
