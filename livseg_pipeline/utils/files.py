@@ -30,6 +30,12 @@ def temp_path_beside(path: Path) -> Path:
     return Path(tmp)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path to write to; on success it is renamed to ``path``.
@@ -45,6 +51,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp = temp_path_beside(path)
     try:
         yield tmp
+        # mkstemp creates 0600 files; results are meant to be shared (DICOM to a PACS, masks to a
+        # colleague), so give them the permissions a plain open() would have.
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
