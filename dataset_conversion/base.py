@@ -130,6 +130,31 @@ class Converter:
         return mask
 
 
+class PairedFilesConverter(Converter):
+    """A source of image files found by a name pattern (group 1: the case number), each with a label
+    file at a path derived from the image's (LiTS, MSD, SLIVER07)."""
+
+    image_pattern: ClassVar[str] = ""
+
+    def label_path(self, image: Path, match: re.Match) -> Path:
+        raise NotImplementedError
+
+    def data_files(self, path: Path) -> list[Path]:
+        """Further files a header depends on (a MetaImage's voxel file)."""
+        return []
+
+    def list_cases(self, input_dir: Path) -> list[SourceCase]:
+        cases = []
+        for path, m in find_files(input_dir, self.image_pattern):
+            label = self.label_path(path, m)
+            if label is None:
+                continue
+            cid = make_case_id(self.source, f"{int(m.group(1)):03d}")
+            paths = [path, *self.data_files(path), label, *self.data_files(label)]
+            cases.append(SourceCase(cid, cid, str(path), str(label), tuple(dict.fromkeys(map(str, paths)))))
+        return cases
+
+
 def _fmt(values: Iterable[float]) -> str:
     return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
 

@@ -6,24 +6,19 @@ Tumour is part of the liver, so liver = label > 0.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import ClassVar
 
-from dataset_conversion.base import Converter, SourceCase, find_files, make_case_id
+from dataset_conversion.base import PairedFilesConverter
 
 
-class LitsConverter(Converter):
+class LitsConverter(PairedFilesConverter):
     source = "lits"
     label_values: ClassVar[frozenset[int]] = frozenset({0, 1, 2})
     layout_hint = "volume-N.nii[.gz] with segmentation-N.nii[.gz] beside it"
+    image_pattern = r"volume-(\d+)\.nii(\.gz)?"
 
-    def list_cases(self, input_dir: Path) -> list[SourceCase]:
-        cases = []
-        for path, m in find_files(input_dir, r"volume-(\d+)\.nii(\.gz)?"):
-            n = int(m.group(1))
-            labels = [p for p in (path.with_name(f"segmentation-{m.group(1)}.nii"),
-                                  path.with_name(f"segmentation-{m.group(1)}.nii.gz")) if p.exists()]
-            label = labels[0] if labels else path.with_name(f"segmentation-{m.group(1)}.nii")
-            cid = make_case_id(self.source, f"{n:03d}")
-            cases.append(SourceCase(cid, cid, str(path), str(label)))
-        return cases
+    def label_path(self, image: Path, match: re.Match) -> Path:
+        candidates = [image.with_name(f"segmentation-{match.group(1)}{ext}") for ext in (".nii", ".nii.gz")]
+        return next((p for p in candidates if p.exists()), candidates[0])

@@ -5,23 +5,20 @@ The ``._liver_N.nii.gz`` files of the official archive (macOS metadata) are igno
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import ClassVar
 
-from dataset_conversion.base import Converter, SourceCase, find_files, make_case_id
+from dataset_conversion.base import PairedFilesConverter
 
 
-class MsdConverter(Converter):
+class MsdConverter(PairedFilesConverter):
     source = "msd"
     label_values: ClassVar[frozenset[int]] = frozenset({0, 1, 2})
     layout_hint = "Task03_Liver/imagesTr/liver_N.nii.gz with labelsTr/liver_N.nii.gz"
+    image_pattern = r"liver_(\d+)\.nii(\.gz)?"
 
-    def list_cases(self, input_dir: Path) -> list[SourceCase]:
-        cases = []
-        for path, m in find_files(input_dir, r"liver_(\d+)\.nii(\.gz)?"):
-            if path.parent.name != "imagesTr":
-                continue
-            label = path.parent.parent / "labelsTr" / path.name
-            cid = make_case_id(self.source, f"{int(m.group(1)):03d}")
-            cases.append(SourceCase(cid, cid, str(path), str(label)))
-        return cases
+    def label_path(self, image: Path, match: re.Match) -> Path | None:
+        if image.parent.name != "imagesTr":
+            return None  # labelsTr/ and imagesTs/ hold files of the same name
+        return image.parent.parent / "labelsTr" / image.name
