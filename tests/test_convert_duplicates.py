@@ -12,7 +12,7 @@ import pytest
 
 from dataset_conversion import CONVERTERS, run_conversion
 from livseg_pipeline.experiment_planning.duplicates import content_hash, find_duplicates, policy_weights
-from livseg_pipeline.experiment_planning.splits import build_splits, check_splits, make_splits
+from livseg_pipeline.experiment_planning.splits import build_splits, check_splits, make_splits, split_groups
 from livseg_pipeline.io.image_io import Geometry, Image, reorient, write_image
 from livseg_pipeline.phantom.generator import generate_phantom
 
@@ -89,6 +89,9 @@ def test_exact_near_and_distinct(tmp_path: Path, phantoms) -> None:
 
 def test_policy_weights_keep_and_unknown() -> None:
     assert policy_weights([["a", "b"]], ["a", "b"], "keep") == ({"a": 1.0, "b": 1.0}, [])
+    cases = {c: {"patient_id": c} for c in "abc"}
+    assert split_groups(cases, {"policy": "keep", "groups": [["a", "b"]]}) == [["a"], ["b"], ["c"]]
+    assert split_groups(cases, {"policy": "group", "groups": [["a", "b"]]}) == [["a", "b"], ["c"]]
     with pytest.raises(ValueError, match="policy"):
         policy_weights([], ["a"], "merge")
 
