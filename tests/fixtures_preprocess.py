@@ -60,17 +60,19 @@ def tiny_preset(path: Path) -> Path:
     return path
 
 
-def write_phantom_raw_dataset(raw_root: Path, name: str = "Dataset901_PreprocPhantoms") -> Path:
-    """A raw dataset in the nnU-Net layout made of small phantoms (same layout lvs_convert writes)."""
+def write_phantom_raw_dataset(raw_root: Path, name: str = "Dataset901_PreprocPhantoms", seeds=PHANTOM_SEEDS,
+                              size_scale: float = 0.5) -> Path:
+    """A raw dataset in the nnU-Net layout made of small phantoms (same layout lvs_convert writes,
+    without fingerprint.json: the planner extracts it)."""
     from livseg_pipeline.io.image_io import write_image
     from livseg_pipeline.phantom.generator import generate_phantom
 
     raw = raw_root / name
     cases = {}
-    for i, seed in enumerate(PHANTOM_SEEDS):
+    for i, seed in enumerate(seeds):
         orientation = "RAS" if i == 1 else "LPS"
-        spacing = (3.1, 3.1, 7.0) if i == 2 else None
-        ph = generate_phantom(seed, size_scale=0.5, orientation=orientation, spacing=spacing)
+        spacing = (1.5, 1.5, 3.5) if i == 2 else None
+        ph = generate_phantom(seed, size_scale=size_scale, orientation=orientation, spacing=spacing)
         case = f"phantom_{i:03d}"
         write_image(ph.ct, raw / "imagesTr" / f"{case}_0000.nii.gz")
         write_image(ph.label, raw / "labelsTr" / f"{case}.nii.gz")

@@ -123,3 +123,19 @@ def test_split_copy_refreshed_from_raw_but_hand_edits_kept(tmp_path):
     os.utime(pre / "splits_final.json", ns=(later + 10 ** 9, later + 10 ** 9))
     assert copy_dataset_files(raw, pre)[0].startswith("kept")
     assert (pre / "splits_final.json").read_text() == "[3]"
+
+
+def test_planner_extracts_a_missing_fingerprint(tmp_path, monkeypatch, capsys):
+    from fixtures_preprocess import write_phantom_raw_dataset
+
+    raw = write_phantom_raw_dataset(tmp_path / "raw", "Dataset902_Tiny", seeds=(3, 4), size_scale=0.3)
+    assert not (raw / "fingerprint.json").exists()
+    monkeypatch.setenv("LVS_RAW", str(tmp_path / "raw"))
+    monkeypatch.setenv("LVS_PREPROCESSED", str(tmp_path / "pre"))
+    assert main(["-d", "902", "--preset", "cpu_demo", "--plan-only", "-np", "1"]) == 0
+    assert (raw / "fingerprint.json").is_file()
+    plans = load_plans(tmp_path / "pre" / raw.name / "cpu_demo" / "plans.json")
+    assert plans.planner_info["n_cases"] == 2 and plans.dataset_name == raw.name
+    assert "fingerprint.json is missing; extracting" in capsys.readouterr().out
+    assert main(["-d", "902", "--preset", "no_such_preset"]) == 2
+    assert "no plans preset 'no_such_preset'" in capsys.readouterr().err

@@ -116,21 +116,25 @@ def preprocess_dataset(raw_dataset_dir: str | Path, out_dir: str | Path, plans: 
     n_proc = max(1, min(int(num_processes), len(jobs))) if jobs else 1
     if jobs:
         bar = tqdm(total=len(jobs), desc="preprocess", unit="case", dynamic_ncols=True, disable=not verbose)
+
+        def collect(r: CaseResult) -> None:
+            results.append(r)
+            bar.update(1)
+            if r.status == "failed" and verbose:
+                bar.write(f"  {r.case_id}: FAILED {r.message}")
+
         try:
             if n_proc == 1:
                 for job in jobs:
-                    results.append(_run_one(job))
-                    bar.update(1)
+                    collect(_run_one(job))
             else:
                 cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
                 ctx = multiprocessing.get_context("fork")
+                # maxtasksperchild: a fresh worker every few cases really returns freed memory to the OS
                 with ctx.Pool(n_proc, initializer=_init_worker, initargs=(max(1, cores // n_proc),),
                               maxtasksperchild=4) as pool:
                     for r in pool.imap_unordered(_run_one, jobs):
-                        results.append(r)
-                        bar.update(1)
-                        if r.status == "failed":
-                            bar.write(f"  {r.case_id}: FAILED {r.message}")
+                        collect(r)
         finally:
             bar.close()
     summary = _summary(results, plans, out_dir, time.perf_counter() - t0, n_proc)
