@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from livseg_pipeline.io.image_io import read_image, reorient_to_canonical
+from livseg_pipeline.io.image_io import Image, is_orthonormal, read_image, reorient_to_canonical
 from livseg_pipeline.utils.files import load_json, save_json
 
 #: HU window of the profiles (bone/metal beyond it would dominate the alignment).
@@ -60,6 +60,15 @@ def _integer_values(array: np.ndarray) -> np.ndarray:
         if np.iinfo(dt).min <= lo and hi <= np.iinfo(dt).max:
             return a.astype(dt, copy=False)
     return a.astype(np.int64)
+
+
+def to_lps(image: Image) -> Image:
+    """``image`` in LPS axis order (the identity direction); as stored when the header cannot be
+    trusted to reorient (zero/negative spacing, non-orthonormal direction) or it is LPS already."""
+    g = image.geometry
+    if np.all(np.asarray(g.spacing) > 0) and is_orthonormal(g) and not np.allclose(g.direction_matrix, np.eye(3)):
+        return reorient_to_canonical(image)
+    return image
 
 
 def content_hash(array_lps: np.ndarray) -> str:
@@ -181,7 +190,7 @@ class _VolumeCache:
     def __call__(self, case: str) -> np.ndarray:
         if case not in self.items:
             img = read_image(self.dir / "imagesTr" / f"{case}_0000{self.ending}")
-            self.items[case] = reorient_to_canonical(img).array
+            self.items[case] = to_lps(img).array
             while len(self.items) > self.size:
                 self.items.popitem(last=False)
         self.items.move_to_end(case)

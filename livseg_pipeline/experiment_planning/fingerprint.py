@@ -29,13 +29,12 @@ from typing import Any, TypeVar
 import numpy as np
 from tqdm import tqdm
 
-from livseg_pipeline.experiment_planning.duplicates import content_hash, profiles
+from livseg_pipeline.experiment_planning.duplicates import content_hash, profiles, to_lps
 from livseg_pipeline.io.image_io import (
     Image,
     ImageReadError,
     is_orthonormal,
     read_image,
-    reorient_to_canonical,
     same_grid,
 )
 from livseg_pipeline.utils.files import load_json, save_json
@@ -84,9 +83,7 @@ def fingerprint_case(image: Image, label: Image | None) -> dict:
     if not is_orthonormal(g):
         verdicts["direction_not_orthonormal"] = f"direction {np.round(g.direction, 4).tolist()} is not orthonormal"
 
-    # Reorientation needs a valid header (a broken one is judged as stored); LPS axes need none.
-    to_lps = bool(np.all(sp > 0)) and is_orthonormal(g) and not np.allclose(g.direction_matrix, np.eye(3))
-    lps = reorient_to_canonical(image) if to_lps else image
+    lps = to_lps(image)
     arr = lps.array
     n_nan = int(np.sum(~np.isfinite(arr))) if np.issubdtype(arr.dtype, np.floating) else 0
     if n_nan:
@@ -104,7 +101,7 @@ def fingerprint_case(image: Image, label: Image | None) -> dict:
            "dtype": str(image.array.dtype), "n_nan": n_nan, "hu": hu}
 
     if label is not None:
-        _label_part(rec, verdicts, image, lps, label, to_lps)
+        _label_part(rec, verdicts, image, lps, label)
     rec["verdicts"] = verdicts
     rec["signature"] = {"profiles": profiles(arr)}
     return rec
@@ -117,7 +114,7 @@ def _orientation(image: Image) -> str:
         return "?"
 
 
-def _label_part(rec: dict, verdicts: dict, image: Image, lps: Image, label: Image, to_lps: bool) -> None:
+def _label_part(rec: dict, verdicts: dict, image: Image, lps: Image, label: Image) -> None:
     values = np.unique(label.array)
     rec["label_values"] = [float(v) if not float(v).is_integer() else int(v) for v in values[:20]]
     if not set(rec["label_values"]) <= {0, 1}:
@@ -127,8 +124,7 @@ def _label_part(rec: dict, verdicts: dict, image: Image, lps: Image, label: Imag
                                      f"{np.round(label.spacing, 4).tolist()}) differs from the image grid")
         if label.array.shape != image.array.shape:
             return
-    lab = image.with_array(label.array)
-    lab = reorient_to_canonical(lab) if to_lps else lab
+    lab = to_lps(image.with_array(label.array))
     liver = lab.array > 0
     n = int(liver.sum())
     rec["liver_voxels"] = n
