@@ -246,20 +246,28 @@ def paint_bowel(tissue: np.ndarray, grid: Grid, plan: BodyPlan, cavity: np.ndarr
         _put(tissue, b2, gas, T.BOWEL_GAS, only=(T.BOWEL_FLUID,))
 
 
+KIDNEY_RADII = np.array([24.0, 30.0, 56.0])
+
+
+def kidney_pose(plan: BodyPlan, side: int) -> tuple[tuple[float, float, float], np.ndarray]:
+    """Centre and rotation of the right (``side=-1``, lower) or left (``+1``) kidney: upper pole
+    medial and posterior, hilum turned anteromedially."""
+    zc = -165.0 if side < 0 else -150.0
+    return (side * (plan.rv + 50), plan.y_spine + 2, zc), rotation(yaw=side * -35, pitch=side * 8)
+
+
 def paint_kidneys(tissue: np.ndarray, grid: Grid, plan: BodyPlan) -> None:
-    ys, rv = plan.y_spine, plan.rv
-    for sx, zc in ((-1, -165.0), (1, -150.0)):
-        c = (sx * (rv + 50), ys + 2, zc)
-        rot = rotation(yaw=sx * -35, roll=0, pitch=sx * 8)
-        r = np.array([24.0, 30.0, 56.0])
+    """Kidneys (cortex, medulla, sinus fat opening medially) in their perirenal fat."""
+    r = KIDNEY_RADII
+    for side in (-1, 1):
+        c, rot = kidney_pose(plan, side)
         box, m = ellipsoid(grid, c, r + 12, rot)
         _put(tissue, box, m, T.FAT, only=ABDOMEN + (T.MUSCLE,))
         box, m = ellipsoid(grid, c, r, rot)
         _put(tissue, box, m, T.KIDNEY_CORTEX, only=ABDOMEN + (T.FAT, T.MUSCLE))
         box, m = ellipsoid(grid, c, r - 7, rot)
         _put(tissue, box, m, T.KIDNEY_MEDULLA, only=(T.KIDNEY_CORTEX,))
-        # Renal sinus fat opening medially (hilum).
-        hil = (c[0] - sx * 14, c[1] - 6, c[2])
+        hil = (c[0] - side * 14, c[1] - 6, c[2])
         box, m = ellipsoid(grid, hil, (14, 10, 26), rot)
         _put(tissue, box, m, T.FAT, only=(T.KIDNEY_CORTEX, T.KIDNEY_MEDULLA))
 
@@ -471,9 +479,7 @@ def paint_anatomy(tissue: np.ndarray, grid: Grid, plan: BodyPlan, rng: np.random
 
 
 def paint_kidneys_over_liver(tissue: np.ndarray, grid: Grid, plan: BodyPlan) -> None:
-    ys, rv = plan.y_spine, plan.rv
-    c = (-(rv + 50), ys + 2, -165.0)
-    rot = rotation(yaw=35, pitch=-8)
-    r = np.array([24.0, 30.0, 56.0])
-    box, m = ellipsoid(grid, c, r + 4, rot)
+    """The right kidney's fat capsule indents the liver (renal impression)."""
+    c, rot = kidney_pose(plan, -1)
+    box, m = ellipsoid(grid, c, KIDNEY_RADII + 4, rot)
     _put(tissue, box, m, T.FAT, only=(T.LIVER, T.PORTAL_BRANCH, T.HEPATIC_VEIN))
