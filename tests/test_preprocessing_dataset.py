@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -58,6 +59,14 @@ def test_rerun_skips_and_plan_change_redoes(preprocessed_dataset, tmp_path, monk
     out = capsys.readouterr().out
     assert "skipped (up to date): " + str(len(ds.case_ids)) in out and "using the existing" in out
 
+    # a re-converted input (new file) makes its case stale, and only that one
+    lab = raw / "labelsTr" / f"{ds.case_ids[1]}.nii.gz"
+    lab.write_bytes(lab.read_bytes())
+    os.utime(lab, ns=(lab.stat().st_atime_ns, lab.stat().st_mtime_ns + 10 ** 9))
+    assert main(["-d", ds.name, *preset, "-np", "1"]) == 0
+    summary = json.loads((folder / "preprocessing_summary.json").read_text())
+    assert summary["n_done"] == 1 and summary["cases"][ds.case_ids[1]]["status"] == "done"
+
     # a hand edit of the preprocessing settings in plans.json makes every case stale
     d = json.loads((folder / "plans.json").read_text())
     d["preprocessing"]["median_filter_size"] = 0
@@ -103,7 +112,6 @@ def test_plan_only_and_unknown_dataset(preprocessed_dataset, tmp_path, monkeypat
 
 
 def test_split_copy_refreshed_from_raw_but_hand_edits_kept(tmp_path):
-    import os
     import time
 
     from livseg_pipeline.cli.plan_preprocess import copy_dataset_files

@@ -3,7 +3,8 @@
 Each worker handles one case at a time (read -> :func:`preprocess_case` -> save), so peak memory is
 about one case per worker; workers are recycled every few cases so memory freed by numpy and
 SimpleITK really goes back. Cases already preprocessed with the same preprocessing settings (plans
-hash) are skipped; a failed case is reported with a one-line reason and the rest go on.
+hash) from unchanged input files (size and modification time) are skipped; a failed case is
+reported with a one-line reason and the rest go on.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from livseg_pipeline.experiment_planning.plans import Plans, plans_from_dict, pr
 from livseg_pipeline.io.image_io import ImageReadError, read_image
 from livseg_pipeline.preprocessing.preprocessor import (
     PreprocessingError,
+    file_stamps,
     is_case_current,
     preprocess_case,
     save_preprocessed_case,
@@ -71,6 +73,7 @@ def _run_one(job: tuple[RawCase, dict, str]) -> CaseResult:
         image = read_image(case.image)
         label = read_image(case.label) if case.label is not None else None
         arrays, props = preprocess_case(image, label, plans)
+        props["source_stamps"] = file_stamps(case.image, case.label)
         del image, label
         save_preprocessed_case(out_dir, case.case_id, arrays, props)
         info = {k: props.get(k) for k in ("liver_volume_change_pct", "liver_volume_ml_original")}
@@ -108,7 +111,7 @@ def preprocess_dataset(raw_dataset_dir: str | Path, out_dir: str | Path, plans: 
     results: list[CaseResult] = []
     jobs = []
     for c in todo_cases:
-        if not overwrite and is_case_current(out_dir, c.case_id, plans):
+        if not overwrite and is_case_current(out_dir, c.case_id, plans, file_stamps(c.image, c.label)):
             results.append(CaseResult(c.case_id, "skipped", message="already preprocessed with these settings"))
         else:
             jobs.append((c, plans.to_dict(), str(out_dir)))

@@ -229,14 +229,27 @@ def load_preprocessed_case(folder: str | Path, case_id: str) -> tuple[dict[str, 
     return arrays, load_json(js)
 
 
-def is_case_current(folder: str | Path, case_id: str, plans: Plans) -> bool:
-    """True when ``CASE.npz`` and ``CASE.json`` exist and were made with these preprocessing settings."""
+def file_stamps(*paths: str | Path | None) -> list[list[int] | None]:
+    """``[size, mtime_ns]`` per file (None for a missing one): tells a re-converted input apart."""
+    out: list[list[int] | None] = []
+    for p in paths:
+        st = Path(p).stat() if p is not None and Path(p).is_file() else None
+        out.append([st.st_size, st.st_mtime_ns] if st else None)
+    return out
+
+
+def is_case_current(folder: str | Path, case_id: str, plans: Plans,
+                    source_stamps: list[list[int] | None] | None = None) -> bool:
+    """True when ``CASE.npz`` and ``CASE.json`` exist and were made with these preprocessing settings
+    (and, with ``source_stamps``, from input files of that size and modification time)."""
     npz, js = case_paths(folder, case_id)
     if not (npz.is_file() and js.is_file()):
         return False
     try:
         props = load_json(js)
     except (ValueError, OSError):
+        return False
+    if source_stamps is not None and props.get("source_stamps") != source_stamps:
         return False
     return (props.get("plans_hash") == preprocessing_hash(plans)
             and props.get("preprocessing_version") == PREPROCESSING_VERSION)

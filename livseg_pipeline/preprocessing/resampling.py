@@ -118,7 +118,7 @@ def resample_mask(mask: np.ndarray, geometry: Geometry, out_geometry: Geometry, 
     999.0
     """
     if method == "nearest":
-        return resample(mask.astype(np.uint8), geometry, out_geometry, out_shape_zyx, "nearest", 0, np.uint8)
+        return resample((mask > 0).astype(np.uint8), geometry, out_geometry, out_shape_zyx, "nearest", 0, np.uint8)
     if method != "linear_threshold":
         raise ValueError(f"unknown label interpolation {method!r} (linear_threshold | nearest)")
     frac = resample((mask > 0).astype(np.float32), geometry, out_geometry, out_shape_zyx, "linear", 0.0, None)
