@@ -56,7 +56,7 @@ def hu_to_normalized(hu: float, hu_window: Sequence[float], intensity_range: Seq
     """One HU value in normalized units (clipped like :func:`normalize_hu`): exactly the float32
     value a voxel of that HU has in a preprocessed image, so comparisons with it are consistent.
 
-    >>> hu_to_normalized(-500.0, (-200, 200), (-0.2, 0.2)) == np.float32(-0.2)
+    >>> bool(hu_to_normalized(-500.0, (-200, 200), (-0.2, 0.2)) == np.float32(-0.2))
     True
     """
     return float(normalize_hu(np.asarray([hu], dtype=np.float64), hu_window, intensity_range)[0])
@@ -78,7 +78,7 @@ def body_threshold_normalized(body_threshold_hu: float, hu_window: Sequence[floa
     becomes "above the low end" (> -200 HU in the paper: fat and soft tissue, not air; the lungs,
     enclosed in each slice, are filled in as holes).
 
-    >>> body_threshold_normalized(-500.0, (-200, 200), (-0.2, 0.2)) == np.float32(-0.2)
+    >>> bool(body_threshold_normalized(-500.0, (-200, 200), (-0.2, 0.2)) == np.float32(-0.2))
     True
     """
     return hu_to_normalized(max(float(body_threshold_hu), float(hu_window[0])), hu_window, intensity_range)
