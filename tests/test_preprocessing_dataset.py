@@ -24,6 +24,7 @@ def test_fixture_dataset_is_complete(preprocessed_dataset):
     assert (folder.parent / "dataset.json").is_file()
     assert ds.summary["n_failed"] == 0 and ds.summary["n_done"] == len(ds.case_ids) >= 2
     assert not [p for p in folder.iterdir() if p.name.startswith(".")]          # no temp files left
+    assert (folder / "preprocessing_preview.png").read_bytes()[:4] == b"\x89PNG"
     for case in ds.case_ids:
         arrays, props = load_preprocessed_case(folder, case)
         assert arrays["image"].dtype == np.float32 and arrays["label"].dtype == np.uint8

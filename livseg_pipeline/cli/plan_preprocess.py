@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "hand edits survive)")
     p.add_argument("--overwrite", action="store_true", help="preprocess again cases that are up to date")
     p.add_argument("--cases", nargs="+", help="only these case ids")
+    p.add_argument("--no-preview", action="store_true",
+                   help="skip preprocessing_preview.png (axial + coronal slice per case, liver outlined)")
     return p
 
 
@@ -101,6 +103,13 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as e:
         print(f"lvs_plan_preprocess: {e}", file=sys.stderr)
         return 2
+    if summary["n_done"] and not args.no_preview:
+        from livseg_pipeline.preprocessing.preview import write_preview
+
+        ok = sorted(c for c, r in summary["cases"].items() if r["status"] != "failed")
+        png = write_preview(plans_dir, ok)
+        if png:
+            print(f"  preview: {png}")
     return 1 if summary["n_failed"] else 0
 
 
