@@ -229,8 +229,8 @@ def paint_bowel(tissue: np.ndarray, grid: Grid, plan: BodyPlan, cavity: np.ndarr
     view = tissue[box.slices]
     fat = (view == T.VISCERAL_FAT) & cavity[box.slices]
     view[fat & loops] = T.BOWEL_WALL
-    view[fat & core & (f3 < -0.2)] = T.BOWEL_FLUID
-    view[fat & core & (f3 > 0.9)] = T.BOWEL_GAS
+    view[fat & core & (f3 < -0.7)] = T.BOWEL_FLUID
+    view[fat & core & (f3 > 1.0)] = T.BOWEL_GAS
     # Colon frame: ascending (right), transverse, descending (left); gas rises anteriorly.
     ai, bi = plan.Ai, plan.Bi
     path = [(-0.72 * ai, 0.05 * bi, -330), (-0.72 * ai, 0.0, -140), (-0.45 * ai, -0.55 * bi, -118),
