@@ -87,9 +87,16 @@ def test_wrong_field_gives_a_clear_error_naming_it(tmp_path, edit, message):
     assert "\n" not in str(e.value)
 
 
-def test_broken_json_and_unknown_preset():
+def test_broken_json_and_unknown_preset(tmp_path):
     with pytest.raises(PlansError, match="no plans preset 'papr'; available: .*paper"):
         load_preset("papr")
+    bad = tmp_path / "plans.json"
+    bad.write_text('{"plans_name": "x",')
+    with pytest.raises(PlansError, match=r"plans.json: not valid JSON \(") as e:
+        load_plans(bad)
+    assert "\n" not in str(e.value)
+    with pytest.raises(PlansError, match="no such plans file"):
+        load_plans(tmp_path / "missing.json")
 
 
 def test_missing_fields_take_the_papers_defaults():

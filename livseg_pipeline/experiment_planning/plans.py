@@ -293,8 +293,17 @@ def plans_from_dict(data: dict) -> Plans:
 
 
 def load_plans(path: str | Path) -> Plans:
+    """Read and validate a plans.json; any problem is a one-line :class:`PlansError` naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise PlansError(f"{path}: no such plans file")
     try:
-        return plans_from_dict(load_json(path))
+        data = load_json(path)
+    except (ValueError, UnicodeDecodeError) as e:
+        msg = str(e).splitlines()[0]
+        raise PlansError(msg if msg.startswith(str(path)) else f"{path}: not valid JSON ({msg})") from None
+    try:
+        return plans_from_dict(data)
     except PlansError as e:
         raise PlansError(f"{path}: {e}") from None
 
