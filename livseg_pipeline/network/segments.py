@@ -20,7 +20,7 @@ same result whatever the segment size.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
