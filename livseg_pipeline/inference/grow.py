@@ -5,7 +5,7 @@ that no path of ``p >= threshold`` voxels links to the liver cannot change that 
 need not be evaluated. Growing finds every such path:
 
 1. seeds: the body segments with the most liver-like voxels (soft tissue HU on the patient's right),
-   best first;
+   best first, two at a time (up to eight if the first ones find no liver);
 2. after a segment is evaluated, each of its six faces (the outer ``face_depth`` voxel layers), twelve
    edges and eight corners is looked at; if any voxel there has ``p >= grow_threshold`` (a fraction
    of the decision threshold), the neighbouring segment across it is queued;
@@ -112,7 +112,7 @@ def grow_region(evaluate: Callable[[list[Start]], Sequence[Start]], block: Calla
 def predict_grow(networks: torch.nn.Module | Sequence[torch.nn.Module], image: np.ndarray, plans,
                  device: torch.device | str = "cpu", segment_size: int | None = None, batch_size: int | None = None,
                  body_mask: np.ndarray | None = None, threshold: float = 0.5, grow_fraction: float = 0.5,
-                 face_depth: int = 2, num_seeds: int = 2, min_liver_ml: float = 150.0,
+                 face_depth: int = 2, num_seeds: int = 2, max_seeds: int = 8, min_liver_ml: float = 150.0,
                  progress=None, stand_in_probabilities: np.ndarray | None = None) -> GrowResult:
     """Probabilities of the segments connected to the liver (see the module docstring).
 
@@ -147,12 +147,20 @@ def predict_grow(networks: torch.nn.Module | Sequence[torch.nn.Module], image: n
                     m[z: z + S, y: y + S, x: x + S] = fake[z: z + S, y: y + S, x: x + S]
         return done
 
-    seeds = seed_order(image, plans, candidates, S, body_mask)[: max(1, num_seeds)]
-    grow_region(evaluate, runner.segment_mean, seeds, set(candidates), S, B, level, face_depth)
     z, y, x = image.shape
-    found_ml = sum(int(np.count_nonzero(runner.segment_mean(s)[: z - s[0], : y - s[1], : x - s[2]] >= threshold))
+
+    def found_ml() -> float:
+        return sum(int(np.count_nonzero(runner.segment_mean(s)[: z - s[0], : y - s[1], : x - s[2]] >= threshold))
                    for s in runner.done) * voxel_ml
-    fell_back = found_ml < min_liver_ml
+
+    # grow from the best seeds; if they miss the liver, from the next ones (up to max_seeds)
+    ranked = seed_order(image, plans, candidates, S, body_mask)[: max(num_seeds, max_seeds)]
+    while ranked and (not runner.done or found_ml() < min_liver_ml):
+        seeds = [s for s in ranked if s not in runner.done][: max(1, num_seeds)]
+        ranked = [s for s in ranked if s not in seeds]
+        if seeds:
+            grow_region(evaluate, runner.segment_mean, seeds, set(candidates), S, B, level, face_depth)
+    fell_back = found_ml() < min_liver_ml
     if fell_back:
         runner.run(candidates, progress)
     return GrowResult(runner, len(runner.done), len(candidates), fell_back)
