@@ -150,10 +150,11 @@ def check_ct(image: Image, name: str | None = None) -> None:
     lo, hi = (float(v) for v in np.percentile(sample, [0.5, 99.5]))
     if not np.isfinite(sample).all():
         raise InputError(f"{name}: holds NaN or infinite values, not a CT in HU")
-    # every abdominal CT field of view holds air around the body (about -1000 HU)
-    if lo > -400.0 or hi > 5000.0 or lo < -5000.0:
+    # an abdominal CT in HU holds air (-1000) or at least fat (-100) somewhere; MR, PET, 8-bit and
+    # unsigned CT without its rescale intercept all start at 0 or above
+    if lo > -50.0 or hi > 5000.0 or lo < -5000.0:
         raise InputError(f"{name}: intensities {lo:.0f}..{hi:.0f} (0.5-99.5 %) do not look like CT in HU "
-                         "(no air near -1000 HU); MR, PET or a rescaled image?")
+                         "(nothing below -50 HU: no air, no fat); MR, PET or a rescaled image?")
 
 
 # ----------------------------------------------------------------------------------------------
