@@ -26,6 +26,7 @@ from livseg_pipeline.inference.predictor import (
     Prediction,
     Predictor,
     find_model_dir,
+    load_inference_config,
 )
 from livseg_pipeline.io.image_io import IMAGE_SUFFIXES, ImageReadError, has_image_suffix, read_image, write_image
 from livseg_pipeline.utils.files import save_npz_atomic
@@ -186,6 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ModelError, ValueError) as e:
         print(f"lvs_predict: {e}", file=sys.stderr)
         return 2
+    if threshold == "auto" and load_inference_config(model_dir) is None:
+        print(f"lvs_predict: --threshold auto: {model_dir} has no inference_config.json (run "
+              f"lvs_find_best_threshold); using the plans' threshold {predictor.threshold:g}", file=sys.stderr)
     if predictor.threshold != 0.5 or threshold == "auto":
         print(f"lvs_predict: threshold {predictor.threshold:g}, post-processing "
               f"{'on (' + predictor.postprocessing_mode + ')' if predictor.postprocessing else 'off'}",
