@@ -1,14 +1,15 @@
-"""Dense inference geometry: small and large segments agree, and every segment sees exactly the
-inputs that livseg_pipeline.network.segments.extract_all_pathways defines."""
+"""Dense inference geometry with the real DeepMedic (random weights): small and large segments
+agree, every segment sees exactly the inputs that livseg_pipeline.network.segments defines, and the
+body mask skips only segments without body voxels."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+from fixtures_inference import small_plans
 from torch import nn
 
-from livseg_pipeline.experiment_planning.plans import load_preset
 from livseg_pipeline.inference.dense import (
     SegmentPredictor,
     make_source,
@@ -19,36 +20,29 @@ from livseg_pipeline.network.segments import extract_all_pathways
 from livseg_pipeline.preprocessing.context import context_volumes
 
 
-class TinyThreePathway(nn.Module):
-    """Geometry stand-in with the real call signature: 10 valid 3^3 convs per pathway (receptive
-    radius 10 at each pathway's resolution), coarse outputs repeated x f onto the fine grid. Used only
-    for the geometry tests; the model tests use the real DeepMedic."""
+def random_deepmedic(plans, seed: int = 0) -> nn.Module:
+    """The real network of the plans with random weights and non-trivial batch-norm statistics, so
+    that every pathway (fine and coarse) changes the output."""
+    from livseg_pipeline.network.deepmedic import DeepMedic
 
-    def __init__(self, factors=(1, 5, 15), width: int = 2) -> None:
-        super().__init__()
-        self.factors = factors
-        torch.manual_seed(0)
-        self.paths = nn.ModuleList(
-            nn.Sequential(*[nn.Sequential(nn.Conv3d(1 if i == 0 else width, width, 3), nn.Tanh())
-                            for i in range(10)]) for _ in factors)
-        self.head = nn.Conv3d(width * len(factors), 1, 1)
-        for m in self.modules():  # keep the signal alive through 10 layers
-            if isinstance(m, nn.Conv3d):
-                nn.init.normal_(m.weight, std=(1.5 / m.weight[0].numel()) ** 0.5)
-
-    def forward(self, *xs):
-        outs = []
-        for f, path, x in zip(self.factors, self.paths, xs):
-            y = path(x)
-            for ax in (2, 3, 4):
-                y = y.repeat_interleave(f, dim=ax)
-            outs.append(y)
-        return self.head(torch.cat(outs, 1))
+    torch.manual_seed(seed)
+    net = DeepMedic.from_plans(plans).eval()
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm3d):
+                m.running_mean.uniform_(-0.05, 0.05)
+                m.running_var.uniform_(0.05, 0.2)
+    return net
 
 
 @pytest.fixture(scope="module")
 def plans():
-    return load_preset("cpu_demo")
+    return small_plans()
+
+
+@pytest.fixture(scope="module")
+def net(plans):
+    return random_deepmedic(plans)
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +51,7 @@ def volume():
     return (rng.standard_normal((20, 31, 29)) * 0.3).astype(np.float32)
 
 
-def test_small_and_large_segments_agree(plans, volume):
-    net = TinyThreePathway()
+def test_small_and_large_segments_agree(plans, volume, net):
     p15 = predict_preprocessed(net, volume, plans, "cpu", segment_size=15, batch_size=6)
     p45 = predict_preprocessed(net, volume, plans, "cpu", segment_size=45, batch_size=1)
     assert p15.shape == volume.shape and p15.dtype == np.float32
@@ -77,8 +70,7 @@ def test_segment_inputs_match_reference_extraction(plans, volume):
             np.testing.assert_array_equal(a[0, 0], b)
 
 
-def test_body_mask_skips_only_empty_segments(plans, volume):
-    net = TinyThreePathway()
+def test_body_mask_skips_only_empty_segments(plans, volume, net):
     body = np.zeros(volume.shape, bool)
     body[2:10, 3:12, 20:25] = True
     starts = segments_touching(body, 15)
@@ -89,8 +81,8 @@ def test_body_mask_skips_only_empty_segments(plans, volume):
     assert not skip[15:].any() and not skip[:, 15:].any() and not skip[:, :, :15].any()
 
 
-def test_predictor_evaluates_each_segment_once(plans, volume):
-    runner = SegmentPredictor(TinyThreePathway().eval(), make_source(volume, plans, 15), "cpu")
+def test_predictor_evaluates_each_segment_once(plans, volume, net):
+    runner = SegmentPredictor(net, make_source(volume, plans, 15), "cpu")
     runner.run([(0, 0, 0), (0, 0, 0), (15, 0, 0)])
     runner.run([(15, 0, 0)])
     assert runner.done == {(0, 0, 0), (15, 0, 0)}
