@@ -40,6 +40,7 @@ class DemoConfig:
     hard_cases: Sequence[str] = ("low_contrast", "dense_lesion", "abnormal_position")
     epochs: int | None = None          # None: the preset's
     iterations_per_epoch: int | None = None
+    target_spacing_mm: float | None = None  # None: the preset's (2.0 mm)
     size_scale: float = 1.0
     seed: int = 0
     num_processes: int = 2
@@ -113,6 +114,22 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _write_demo_plans(cfg: DemoConfig, work: Path) -> Path:
+    """The cpu_demo preset with this run's overrides, as a plans file for lvs_plan_preprocess."""
+    from livseg_pipeline.experiment_planning.plans import load_preset, save_plans
+
+    plans = load_preset(PRESET)
+    if cfg.epochs is not None:
+        plans.training.epochs = cfg.epochs
+    if cfg.iterations_per_epoch is not None:
+        plans.training.iterations_per_epoch = cfg.iterations_per_epoch
+    if cfg.target_spacing_mm is not None:
+        plans.preprocessing.target_spacing_mm = [cfg.target_spacing_mm] * 3
+    path = work / "demo_plans.json"
+    save_plans(plans, path)
+    return path
+
+
 def run_demo(cfg: DemoConfig) -> dict:
     """Run the chain; returns the summary dict (also written to WORKDIR/summary.json)."""
     from livseg_pipeline.cli import convert, evaluate, plan_preprocess, predict, train
@@ -141,13 +158,15 @@ def run_demo(cfg: DemoConfig) -> dict:
     _run_stage("convert MSD", convert.main, ["msd", str(cohort_dir / "Task03_Liver"), "-d", ds,
                                              "-np", str(cfg.num_processes)], log)
     _run_stage("plan + preprocess", plan_preprocess.main,
-               ["-d", ds, "--preset", PRESET, "-np", str(cfg.num_processes)], log)
-    train_argv = [ds, "0", "--preset", PRESET, "--device", "cpu", "--continue-if-exists"]
-    if cfg.epochs is not None:
-        train_argv += ["--epochs", str(cfg.epochs)]
-    if cfg.iterations_per_epoch is not None:
-        train_argv += ["--iterations-per-epoch", str(cfg.iterations_per_epoch)]
-    _run_stage("train fold 0", train.main, train_argv, log)
+               ["-d", ds, "--preset", str(_write_demo_plans(cfg, work)), "-np", str(cfg.num_processes)], log)
+    fold0 = Path(os.environ["LVS_RESULTS"]) / f"Dataset{DATASET_ID:03d}_{DATASET_NAME}" / PRESET / "fold_0"
+    if (fold0 / "validation_summary.json").exists():
+        print("=== train fold 0: already finished, skipped", flush=True)
+    else:
+        train_argv = [ds, "0", "--preset", PRESET, "--device", "cpu"]
+        if (fold0 / "checkpoint_latest.pth").exists():
+            train_argv.append("--continue")
+        _run_stage("train fold 0", train.main, train_argv, log)
     pred_dir = work / "predictions"
     _run_stage("predict held-out", predict.main,
                ["-i", str(work / "test" / "images"), "-o", str(pred_dir), "-d", ds, "-p", PRESET, "-f", "0",
@@ -190,10 +209,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the cpu_demo preset's)")
     p.add_argument("--iterations-per-epoch", type=int, default=None)
     p.add_argument("--size-scale", type=float, default=1.0, help="phantom size factor (smaller = faster)")
+    p.add_argument("--target-spacing", type=float, default=None, help="voxel size in mm (default: preset's)")
+    p.add_argument("--n-test-normal", type=int, default=DemoConfig.n_test_normal)
     p.add_argument("-np", "--num-processes", type=int, default=2)
     a = p.parse_args(argv)
     cfg = DemoConfig(Path(a.workdir), n_train=a.n_train, epochs=a.epochs, iterations_per_epoch=a.iterations_per_epoch,
-                     size_scale=a.size_scale, num_processes=a.num_processes)
+                     size_scale=a.size_scale, num_processes=a.num_processes, target_spacing_mm=a.target_spacing,
+                     n_test_normal=a.n_test_normal)
     try:
         run_demo(cfg)
     except StageFailed as e:
