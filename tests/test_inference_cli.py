@@ -121,3 +121,14 @@ def test_dicom_folder_with_two_series_and_clinical_outputs(two_fold_model, tmp_p
         cid = m.name[: -len(".nii.gz")]
         for suffix in ("_rtstruct.dcm", "_overlay.png", "_report.json"):
             assert (out / f"{cid}{suffix}").is_file()
+
+
+def test_real_dicom_series_mask_on_its_grid(totalseg_dir, two_fold_model, tmp_path):
+    """Real Siemens CT slices (RescaleIntercept -1024): the mask lies on the series' own grid."""
+    src = totalseg_dir / "example_ct_dicom"
+    out = tmp_path / "out"
+    assert lvs_predict(["-i", str(src), "-o", str(out), "--model", str(two_fold_model), "-f", "1"]) == 0
+    (mask,) = out.glob("*.nii.gz")
+    assert mask.name == "example_ct_dicom.nii.gz"
+    ct, m = read_image(src), read_image(mask)
+    assert same_grid(ct, m, tol=1e-6) and m.array.dtype == np.uint8
