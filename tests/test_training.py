@@ -43,17 +43,17 @@ def in_tree(tree, monkeypatch):
 
 
 def test_training_raises_validation_dsc_and_writes_outputs(in_tree, capsys):
-    cfg = TrainConfig(DATASET, 0, "tiny", device="cpu", validate_first=True, progress=False)
+    cfg = TrainConfig(DATASET, 0, "tiny", device="cpu", validate_first=True, progress=False, num_threads=1)
     summary = Trainer(cfg).run()
     out = capsys.readouterr().out
-    assert len([line for line in out.splitlines() if line.startswith("epoch ")]) == 7  # untrained + 6
+    assert len([line for line in out.splitlines() if line.startswith("epoch ")]) == 5  # untrained + 4
     fold = raw_root().parent / "res" / DATASET / "tiny" / "fold_0"
     rows = list(csv.DictReader(open(fold / "training_log.csv")))
-    assert [int(r["epoch"]) for r in rows] == list(range(7))
+    assert [int(r["epoch"]) for r in rows] == list(range(5))
     start = float(rows[0]["val_dsc"])
     vals = [float(r["val_dsc"]) for r in rows[1:] if r["val_dsc"]]
-    assert len(vals) == 2  # every 3 epochs
-    assert max(vals) > start + 0.25 and max(vals) > 0.55, (start, vals)
+    assert len(vals) == 2  # every 2 epochs
+    assert max(vals) > start + 0.2 and max(vals) > 0.3, (start, vals)
     assert summary["best_dsc"] == pytest.approx(max(vals))
     for name in ("checkpoint_best.pth", "checkpoint_latest.pth", "progress.png", "validation_summary.json"):
         assert (fold / name).is_file(), name
@@ -66,7 +66,7 @@ def test_training_raises_validation_dsc_and_writes_outputs(in_tree, capsys):
         prob = np.load(fold / "validation" / f"{case}_prob.npz")["probabilities"]
         assert prob.dtype == np.float16 and prob.shape == ref.array.shape
     res = summary["validation"]
-    assert res["n_cases"] == 2 and res["mean_dsc"] > 0.5
+    assert res["n_cases"] == 2 and res["mean_dsc"] > 0.25
     # a rerun of a finished fold does nothing
     assert Trainer(cfg).run()["skipped"]
 
@@ -84,8 +84,8 @@ def test_kill_and_continue_equals_uninterrupted_run(in_tree, tmp_path, monkeypat
         return p
 
     def cfg(name, **kw):
-        return TrainConfig(DATASET, 1, "tiny", epochs=3, device="cpu", export=False, progress=False,
-                           plans_override=plans_for(name), **kw)
+        return TrainConfig(DATASET, 1, "tiny", epochs=3, device="cpu", export=False, progress=False, validate=False,
+                           num_threads=1, plans_override=plans_for(name), **kw)
 
     Trainer(cfg("straight")).run()
 
@@ -106,7 +106,7 @@ def test_kill_and_continue_equals_uninterrupted_run(in_tree, tmp_path, monkeypat
     b = load_checkpoint(res / "resumed" / "fold_1" / "checkpoint_latest.pth")
     assert a["epoch"] == b["epoch"] == 3
     lr_a, lr_b = a["optimizer"]["param_groups"][0]["lr"], b["optimizer"]["param_groups"][0]["lr"]
-    assert lr_a == lr_b == pytest.approx(0.02 * 0.5 ** 3)
+    assert lr_a == lr_b == pytest.approx(0.05 * 0.5 ** 3)
     assert a["scheduler"]["last_epoch"] == b["scheduler"]["last_epoch"] == 3
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
@@ -202,7 +202,7 @@ def test_elastic_deformation_moves_image_and_label_together():
     batch = SegmentSampler([case], cfg, seed=5).batch(0)
     fine = batch["x"][0][:, 0, 10:25, 10:25, 10:25]
     label = batch["y"][:, 0]
-    ramp_free = fine > 0.05  # liver voxels are 0.1 above a ramp of at most +-0.1 over the crop
+    ramp_free = fine > 0.05  # liver voxels are 0.1 above a ramp of at most +-0.03
     assert np.mean(ramp_free == (label > 0)) > 0.97
     unde = SegmentSampler([case], _config(elastic_p=0.0, flip_p=0.5, shift_sd=0.0, shift_mean=0.0), seed=5).batch(0)
     assert not np.array_equal(unde["x"][0], batch["x"][0])

@@ -33,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-gpus", type=int, default=1, help="train on N GPUs with DistributedDataParallel (torchrun)")
     p.add_argument("--num-workers", type=int, default=None,
                    help="data loading processes per GPU/process (default: plans.training.num_workers)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads of the training process (default: torch's; 1 is fastest on a busy machine)")
     p.add_argument("--seed", type=int, default=12345, help="seed of weights init and segment sampling")
     p.add_argument("--val-at-start", action="store_true",
                    help="also validate the untrained network (logged as epoch 0)")
@@ -72,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = TrainConfig(dataset=resolve_dataset(args.dataset), fold=_fold(args.fold), plans_name=args.preset,
                           epochs=args.epochs, resume=args.resume, device=device, num_workers=args.num_workers,
-                          seed=args.seed, validate_first=args.val_at_start, export=not args.no_export)
+                          seed=args.seed, num_threads=args.threads, validate_first=args.val_at_start,
+                          export=not args.no_export)
         Trainer(cfg).run()
     except (FileNotFoundError, ValueError, PlansError, TrainingDataError, TrainingError, CheckpointError) as e:
         print(f"lvs_train: {e}", file=sys.stderr)

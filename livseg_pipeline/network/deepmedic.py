@@ -154,12 +154,12 @@ class DeepMedic(nn.Module):
             self.to(memory_format=torch.channels_last_3d)
 
     @classmethod
-    def from_plans(cls, plans) -> DeepMedic:
+    def from_plans(cls, plans, channels_last: bool = True) -> DeepMedic:
         """Build from a :class:`~livseg_pipeline.experiment_planning.plans.Plans` (or its dict)."""
         n = plans["network"] if isinstance(plans, dict) else plans.network
         get = (lambda k: n[k]) if isinstance(n, dict) else (lambda k: getattr(n, k))
         return cls(get("pathway_factors"), get("pathway_features"), get("residual_layers"), get("fc_features"),
-                   get("fc_dropout"), get("norm"), get("activation"), get("kernel_size"))
+                   get("fc_dropout"), get("norm"), get("activation"), get("kernel_size"), channels_last)
 
     def input_sizes(self, output_size: int) -> list[int]:
         """Input cube edge per pathway for an output cube of ``output_size`` (a multiple of every factor)."""

@@ -63,7 +63,7 @@ def tiny_plans(base: str = "cpu_demo", spacing_mm: float = 8.0, plans_name: str 
     p.network.fc_features = [16, 16]
     p.network.fc_dropout = 0.0
     t = p.training
-    t.batch_size, t.iterations_per_epoch, t.epochs, t.val_interval_epochs, t.num_workers = 8, 12, 6, 3, 0
-    t.optimizer.lr, t.optimizer.lr_decay_every_epochs = 0.02, 4
+    t.batch_size, t.iterations_per_epoch, t.epochs, t.val_interval_epochs, t.num_workers = 8, 12, 4, 2, 0
+    t.optimizer.lr, t.optimizer.lr_decay_every_epochs = 0.05, 4
     p.inference.segment_size_out = 45
     return p.validate()

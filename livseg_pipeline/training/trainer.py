@@ -59,6 +59,10 @@ class TrainConfig:
     num_workers: int | None = None    # overrides plans.training.num_workers
     seed: int = 12345
     validate_first: bool = False      # validation DSC of the untrained network as "epoch 0"
+    validate: bool = True             # False: no validation at all (benchmarks)
+    channels_last: bool = True        # NDHWC activations (faster convolutions on CPU and GPU)
+    time_limit_s: float | None = None  # stop (validate, save) after the epoch that passes this (benchmarks)
+    num_threads: int | None = None    # torch CPU threads of the training process (None: torch's default)
     export: bool = True               # validation predictions on the original grid at the end
     amp: bool = True                  # autocast on CUDA (never on CPU)
     progress: bool = True
@@ -104,7 +108,7 @@ class Trainer:
         self.iters = t.iterations_per_epoch
         torch.manual_seed(cfg.seed if ckpt is None else int(ckpt["seed"]))
         self.seed = cfg.seed if ckpt is None else int(ckpt["seed"])
-        self.net = DeepMedic.from_plans(self.plans).to(self.device)
+        self.net = DeepMedic.from_plans(self.plans, cfg.channels_last).to(self.device)
         o = t.optimizer
         if o.name != "sgd":
             raise TrainingError(f"plans field 'training.optimizer.name' is {o.name!r}; only 'sgd' is implemented")
@@ -176,6 +180,9 @@ class Trainer:
         return ddp.broadcast_float(dsc, self.dist)
 
     def _train_epoch(self, loader, indices, epoch: int) -> dict:
+        if self.cfg.num_threads:
+            # again every epoch: dense validation sets its own thread count
+            torch.set_num_threads(self.cfg.num_threads)
         self.model.train()
         indices.set_epoch(epoch)
         t0 = time.perf_counter()
@@ -244,7 +251,11 @@ class Trainer:
             row = {"epoch": epoch + 1, "lr": lr, **self._train_epoch(loader, indices, epoch)}
             self.scheduler.step()
             val = math.nan
-            if (epoch + 1) % t.val_interval_epochs == 0 or epoch + 1 == self.total_epochs:
+            last = epoch + 1 == self.total_epochs
+            if cfg.time_limit_s is not None:
+                last = last or ddp.broadcast_float(float(time.perf_counter() - t_start > cfg.time_limit_s),
+                                                   self.dist) > 0
+            if cfg.validate and ((epoch + 1) % t.val_interval_epochs == 0 or last):
                 tv = time.perf_counter()
                 val = self._validate()
                 row["val_time_s"] = time.perf_counter() - tv
@@ -263,9 +274,12 @@ class Trainer:
                               f"{cfg.dataset} {self.plans.plans_name} fold {cfg.fold}")
                 print_line(epoch_line(row, self.total_epochs))
             ddp.barrier(self.dist)
+            if last:
+                break
         del loader
-        summary = {"output": str(self.out), "epochs": self.total_epochs, "best_dsc": self.best_dsc,
-                   "best_epoch": self.best_epoch, "train_time_s": time.perf_counter() - t_start}
+        summary = {"output": str(self.out), "epochs": len([r for r in self.history if r["epoch"] > 0]),
+                   "best_dsc": self.best_dsc, "best_epoch": self.best_epoch,
+                   "train_time_s": time.perf_counter() - t_start}
         if self.dist.is_main and cfg.export and self.val_cases:
             src = self.best if self.best.is_file() else self.latest
             self.net.load_state_dict(load_checkpoint(src)["model"])
