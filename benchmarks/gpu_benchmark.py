@@ -191,7 +191,7 @@ def main() -> int:
                          sizes, amp)
 
     rows = [("device", info["device"]), ("precision", info["amp"]),
-            ("compute-only training", f"{seg_compute:.1f} segments/s ({seg_compute * flop / 1e12:.2f} TFLOP/s)"),
+            ("compute-only training", f"{seg_compute:.1f} segments/s ({seg_compute * flop / 1e9:.1f} GFLOP/s)"),
             ("training with loader", f"{seg_train:.1f} segments/s, data wait {100 * wait:.0f}% "
                                      f"({t.num_workers} workers, batch {t.batch_size})"),
             ("trained", f"{len(hist)} epochs x {t.iterations_per_epoch} iterations in {train_s / 60:.1f} min"),

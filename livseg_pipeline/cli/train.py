@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-workers", type=int, default=None,
                    help="data loading processes per GPU/process (default: plans.training.num_workers)")
     p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads of the training process (default: torch's; 1 is fastest on a busy machine)")
+                   help="CPU threads of the training process (default on CPU: cores minus loader workers)")
     p.add_argument("--seed", type=int, default=12345, help="seed of weights init and segment sampling")
     p.add_argument("--val-at-start", action="store_true",
                    help="also validate the untrained network (logged as epoch 0)")

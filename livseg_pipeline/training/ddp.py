@@ -7,8 +7,8 @@ while the others wait at a barrier.
 
 from __future__ import annotations
 
+import datetime
 import os
-import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -22,6 +22,7 @@ class DistInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    device: str = "cpu"   # where collective tensors live (NCCL needs CUDA tensors)
 
     @property
     def enabled(self) -> bool:
@@ -40,12 +41,15 @@ def init_distributed(device_type: str) -> DistInfo:
     """Join the process group torchrun set up (no-op when not under torchrun)."""
     if not under_torchrun():
         return DistInfo()
-    info = DistInfo(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)))
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    info = DistInfo(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), local,
+                    f"cuda:{local}" if device_type == "cuda" else "cpu")
     if not dist.is_initialized():
         backend = "nccl" if device_type == "cuda" else "gloo"
         if device_type == "cuda":
             torch.cuda.set_device(info.local_rank)
-        dist.init_process_group(backend=backend)
+        # rank 0 validates whole volumes while the others wait at a barrier: allow for it
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(hours=2))
     return info
 
 
@@ -57,7 +61,7 @@ def barrier(info: DistInfo) -> None:
 def mean_over_ranks(value: float, info: DistInfo) -> float:
     if not info.enabled:
         return value
-    t = torch.tensor([value], dtype=torch.float64)
+    t = torch.tensor([value], dtype=torch.float64, device=info.device)
     dist.all_reduce(t)
     return float(t.item()) / info.world_size
 
@@ -65,7 +69,7 @@ def mean_over_ranks(value: float, info: DistInfo) -> float:
 def broadcast_float(value: float, info: DistInfo) -> float:
     if not info.enabled:
         return value
-    t = torch.tensor([value], dtype=torch.float64)
+    t = torch.tensor([value], dtype=torch.float64, device=info.device)
     dist.broadcast(t, src=0)
     return float(t.item())
 
@@ -82,12 +86,6 @@ def rank_batch_size(batch_size: int, info: DistInfo) -> int:
     (8, 6)
     """
     return max(1, -(-batch_size // info.world_size))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def relaunch_with_torchrun(module: str, argv: list[str], nproc: int) -> int:
