@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -25,7 +26,9 @@ import torch
 def run(preset: str, iterations: int, workers: int, root: Path, cases: int, size_scale: float,
         channels_last: bool = True) -> dict:
     os.environ["LVS_RAW"], os.environ["LVS_PREPROCESSED"] = str(root / "raw"), str(root / "pre")
-    os.environ["LVS_RESULTS"] = str(root / f"res_{preset}_{workers}_{int(channels_last)}")
+    results = root / f"res_{preset}_{workers}_{int(channels_last)}"
+    shutil.rmtree(results, ignore_errors=True)  # a fresh run every time (a kept data folder is reused)
+    os.environ["LVS_RESULTS"] = str(results)
     from livseg_pipeline.experiment_planning.plans import load_preset
     from livseg_pipeline.network import deepmedic
     from livseg_pipeline.training.synthetic import make_phantom_dataset

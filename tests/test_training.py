@@ -58,8 +58,7 @@ def test_training_raises_validation_dsc_and_writes_outputs(in_tree, capsys):
     for name in ("checkpoint_best.pth", "checkpoint_latest.pth", "progress.png", "validation_summary.json"):
         assert (fold / name).is_file(), name
     # validation predictions lie on the ORIGINAL grid of the raw label, DSC against it
-    val_ids = ["phantom_000", "phantom_003"]
-    for case in val_ids:
+    for case in ["phantom_000", "phantom_003"]:
         ref = read_image(raw_root() / DATASET / "labelsTr" / f"{case}.nii.gz")
         pred = read_image(fold / "validation" / f"{case}.nii.gz")
         assert pred.array.shape == ref.array.shape and np.allclose(pred.spacing, ref.spacing)
