@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from livseg_pipeline.experiment_planning.plans import Plans, load_preset, save_plans
 from livseg_pipeline.io.image_io import write_image
 from livseg_pipeline.utils.files import load_json, save_json
 
@@ -41,6 +42,7 @@ class DemoConfig:
     epochs: int | None = None          # None: the preset's
     iterations_per_epoch: int | None = None
     target_spacing_mm: float | None = None  # None: the preset's (2.0 mm)
+    plans: Plans | None = None         # None: the cpu_demo preset (tests pass a tiny one)
     size_scale: float = 1.0
     seed: int = 0
     num_processes: int = 2
@@ -114,20 +116,16 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _write_demo_plans(cfg: DemoConfig, work: Path) -> Path:
-    """The cpu_demo preset with this run's overrides, as a plans file for lvs_plan_preprocess."""
-    from livseg_pipeline.experiment_planning.plans import load_preset, save_plans
-
-    plans = load_preset(PRESET)
+def _demo_plans(cfg: DemoConfig) -> Plans:
+    """The cpu_demo preset (or ``cfg.plans``) with this run's overrides."""
+    plans = cfg.plans if cfg.plans is not None else load_preset(PRESET)
     if cfg.epochs is not None:
         plans.training.epochs = cfg.epochs
     if cfg.iterations_per_epoch is not None:
         plans.training.iterations_per_epoch = cfg.iterations_per_epoch
     if cfg.target_spacing_mm is not None:
         plans.preprocessing.target_spacing_mm = [cfg.target_spacing_mm] * 3
-    path = work / "demo_plans.json"
-    save_plans(plans, path)
-    return path
+    return plans.validate()
 
 
 def run_demo(cfg: DemoConfig) -> dict:
@@ -157,19 +155,23 @@ def run_demo(cfg: DemoConfig) -> dict:
                 "-np", str(cfg.num_processes)], log)
     _run_stage("convert MSD", convert.main, ["msd", str(cohort_dir / "Task03_Liver"), "-d", ds,
                                              "-np", str(cfg.num_processes)], log)
+    plans = _demo_plans(cfg)
+    plans_file = work / "demo_plans.json"
+    save_plans(plans, plans_file)
+    name = plans.plans_name
     _run_stage("plan + preprocess", plan_preprocess.main,
-               ["-d", ds, "--preset", str(_write_demo_plans(cfg, work)), "-np", str(cfg.num_processes)], log)
-    fold0 = Path(os.environ["LVS_RESULTS"]) / f"Dataset{DATASET_ID:03d}_{DATASET_NAME}" / PRESET / "fold_0"
+               ["-d", ds, "--preset", str(plans_file), "-np", str(cfg.num_processes)], log)
+    fold0 = Path(os.environ["LVS_RESULTS"]) / f"Dataset{DATASET_ID:03d}_{DATASET_NAME}" / name / "fold_0"
     if (fold0 / "validation_summary.json").exists():
         print("=== train fold 0: already finished, skipped", flush=True)
     else:
-        train_argv = [ds, "0", "--preset", PRESET, "--device", "cpu"]
+        train_argv = [ds, "0", "--preset", name, "--device", "cpu"]
         if (fold0 / "checkpoint_latest.pth").exists():
             train_argv.append("--continue")
         _run_stage("train fold 0", train.main, train_argv, log)
     pred_dir = work / "predictions"
     _run_stage("predict held-out", predict.main,
-               ["-i", str(work / "test" / "images"), "-o", str(pred_dir), "-d", ds, "-p", PRESET, "-f", "0",
+               ["-i", str(work / "test" / "images"), "-o", str(pred_dir), "-d", ds, "-p", name, "-f", "0",
                 "--report", "--preview"], log)
     eval_dir = work / "evaluation"
     _run_stage("evaluate", evaluate.main,
@@ -189,7 +191,7 @@ def run_demo(cfg: DemoConfig) -> dict:
                "overlays": sorted(str(p) for p in pred_dir.glob("*_overlay.png"))}
     table = format_table(rows)
     stages = "\n".join(f"| {s['stage']:<20} | {s['seconds']:>7.1f} |" for s in log)
-    text = (f"# livseg demo summary\n\nHeld-out phantoms, model: {PRESET} fold 0. "
+    text = (f"# livseg demo summary\n\nHeld-out phantoms, model: {name} fold 0. "
             f"Median DSC {median:.3f} over {len(dscs)} cases; total {total / 60:.1f} min.\n\n{table}\n\n"
             f"Duplicate groups found by lvs_convert: {summary['duplicate_groups']} "
             f"(planted: {summary['planted_duplicates']})\n\n| stage | seconds |\n|---|---|\n{stages}\n")
