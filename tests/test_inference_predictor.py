@@ -88,6 +88,18 @@ def test_grow_falls_back_when_no_liver(liver_net, inf_plans):
     assert pred.liver_volume_ml < 5
 
 
+@pytest.mark.timeout(120)
+def test_grow_ends_when_growth_reaches_every_seed_without_liver(liver_net, inf_plans):
+    # p ~ 0.35 over the whole body: above the growth level (0.25), below the threshold (0.5), so the
+    # first growth swallows every ranked seed and finds no liver; it used to loop for ever here
+    img, _ = phantom_ct(shape=(20, 40, 40), spacing=(3.0, 3.0, 3.0), island=False)
+    arr = img.array.copy()
+    arr[arr > -500] = 72
+    pred = Predictor(liver_net, inf_plans).predict_image(img.with_array(arr))
+    assert pred.inference["fell_back_to_dense"]
+    assert pred.liver_volume_ml < 5
+
+
 def test_ensemble_is_mean_on_original_grid(two_fold_model, inf_plans):
     img, _ = phantom_ct(shape=(20, 40, 44), spacing=(2.2, 2.0, 4.0), seed=5)
     img = reorient(img, "RAS")

@@ -156,8 +156,10 @@ def predict_grow(networks: torch.nn.Module | Sequence[torch.nn.Module], image: n
     # grow from the best seeds; if they miss the liver, from the next ones (up to max_seeds)
     ranked = seed_order(image, plans, candidates, S, body_mask)[: max(num_seeds, max_seeds)]
     while ranked and (not runner.done or found_ml() < min_liver_ml):
-        seeds = [s for s in ranked if s not in runner.done][: max(1, num_seeds)]
-        ranked = [s for s in ranked if s not in seeds]
+        # seeds already reached by an earlier growth are dropped, so every pass consumes the list
+        # (a pass whose seeds were all done used to leave it unchanged and loop for ever)
+        ranked = [s for s in ranked if s not in runner.done]
+        seeds, ranked = ranked[: max(1, num_seeds)], ranked[max(1, num_seeds):]
         if seeds:
             grow_region(evaluate, runner.segment_mean, seeds, set(candidates), S, B, level, face_depth)
     fell_back = found_ml() < min_liver_ml
