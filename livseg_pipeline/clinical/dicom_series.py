@@ -26,7 +26,7 @@ import pydicom
 import SimpleITK as sitk
 from pydicom.uid import generate_uid
 
-from livseg_pipeline.io.image_io import Geometry, Image, list_dicom_series
+from livseg_pipeline.io.image_io import Geometry, Image, list_dicom_series, same_grid
 
 
 class DicomReferenceError(ValueError):
@@ -177,14 +177,23 @@ def _grids_match(a: Geometry, shape_a: tuple[int, ...], b: Geometry, shape_b: tu
     """Same voxel centres: shape and direction equal, spacing within 1 %, origin within 0.1 voxel.
     (The tolerance on spacing admits series with slightly uneven slice gaps, whose mean spacing
     SimpleITK and this module may compute a little differently.)"""
-    if tuple(shape_a) != tuple(shape_b):
-        return False
-    if not np.allclose(a.direction, b.direction, atol=1e-3):
-        return False
-    sa, sb = np.asarray(a.spacing), np.asarray(b.spacing)
-    if not np.allclose(sa, sb, rtol=1e-2):
-        return False
-    return bool(np.all(np.abs(np.asarray(a.origin) - np.asarray(b.origin)) <= 0.1 * sa + 1e-4))
+    return same_grid(a, b, shape_a, shape_b, tol=1e-3, spacing_rtol=1e-2, origin_tol_voxels=0.1,
+                     origin_slack_mm=1e-4)
+
+
+def read_dicom_object(path: Path, sop_class_uid: str, kind: str, error: type[Exception],
+                      modality: str | None = None) -> pydicom.Dataset:
+    """Read a DICOM object of one SOP class (or, given ``modality``, of that Modality) or raise
+    ``error`` with a one-line message naming the file."""
+    if not path.is_file():
+        raise error(f"{path}: no such file")
+    try:
+        ds = pydicom.dcmread(path)
+    except Exception as e:  # pydicom raises several types for non-DICOM input
+        raise error(f"{path}: not a readable DICOM file ({e})") from None
+    if str(ds.get("SOPClassUID", "")) != sop_class_uid and (modality is None or ds.get("Modality", "") != modality):
+        raise error(f"{path}: not {kind} (Modality {ds.get('Modality', '?')})")
+    return ds
 
 
 def onto_grid(image: Image, target: Geometry, target_shape: tuple[int, ...]) -> Image:

@@ -18,9 +18,8 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import pydicom
 
-from livseg_pipeline.clinical.dicom_series import load_series, mask_on_series_grid
+from livseg_pipeline.clinical.dicom_series import load_series, mask_on_series_grid, read_dicom_object
 from livseg_pipeline.io.image_io import Image
 from livseg_pipeline.utils.files import atomic_path
 
@@ -89,14 +88,7 @@ def read_dicom_seg(seg_path: str | Path, dicom_folder: str | Path, segment_regex
     import highdicom as hd
 
     path = Path(seg_path)
-    if not path.is_file():
-        raise DicomSegError(f"{path}: no such file")
-    try:
-        ds = pydicom.dcmread(path)
-    except Exception as e:  # pydicom raises several types for non-DICOM input
-        raise DicomSegError(f"{path}: not a readable DICOM file ({e})") from None
-    if str(ds.get("SOPClassUID", "")) != SEG_SOP_CLASS:
-        raise DicomSegError(f"{path}: not a DICOM SEG (Modality {ds.get('Modality', '?')})")
+    ds = read_dicom_object(path, SEG_SOP_CLASS, "a DICOM SEG", DicomSegError)
     seg = hd.seg.Segmentation.from_dataset(ds)
     numbers = list(seg.segment_numbers)
     labels = {n: str(seg.get_segment_description(n).segment_label) for n in numbers}

@@ -45,6 +45,7 @@ from livseg_pipeline.clinical.dicom_series import (
     ReferencedSeries,
     load_series,
     mask_on_series_grid,
+    read_dicom_object,
 )
 from livseg_pipeline.io.image_io import Image
 from livseg_pipeline.utils.files import atomic_path
@@ -131,14 +132,7 @@ def _describe(ds: pydicom.Dataset, series: ReferencedSeries, roi_name: str, seri
 # Reading
 # ----------------------------------------------------------------------------------------------
 def _read_structure_set(path: Path) -> pydicom.Dataset:
-    if not path.is_file():
-        raise RTStructError(f"{path}: no such file")
-    try:
-        ds = pydicom.dcmread(path)
-    except Exception as e:  # pydicom raises several types for non-DICOM input
-        raise RTStructError(f"{path}: not a readable DICOM file ({e})") from None
-    if str(ds.get("SOPClassUID", "")) != RTSTRUCT_SOP_CLASS and ds.get("Modality", "") != "RTSTRUCT":
-        raise RTStructError(f"{path}: not an RTSTRUCT (Modality {ds.get('Modality', '?')})")
+    ds = read_dicom_object(path, RTSTRUCT_SOP_CLASS, "an RTSTRUCT", RTStructError, modality="RTSTRUCT")
     if "StructureSetROISequence" not in ds or "ROIContourSequence" not in ds:
         raise RTStructError(f"{path}: RTSTRUCT without StructureSetROISequence/ROIContourSequence")
     return ds

@@ -386,9 +386,13 @@ def _write_mhd(img: sitk.Image, path: Path, compress: bool) -> Path:
 # Geometry helpers
 # ----------------------------------------------------------------------------------------------
 def same_grid(a: Image | Geometry, b: Image | Geometry, shape_a: Sequence[int] | None = None,
-              shape_b: Sequence[int] | None = None, tol: float = 1e-3) -> bool:
-    """True when two grids coincide: same shape (if known), spacing and direction within ``tol``
-    (relative) and origins within ``tol`` times the spacing (absolute, mm)."""
+              shape_b: Sequence[int] | None = None, tol: float = 1e-3, *, spacing_rtol: float | None = None,
+              origin_tol_voxels: float | None = None, origin_slack_mm: float = 1e-6) -> bool:
+    """True when two grids coincide: same shape (if known), direction within ``tol``, spacing within
+    ``spacing_rtol`` (relative) and origins within ``origin_tol_voxels`` spacings plus
+    ``origin_slack_mm`` (both tolerances default to ``tol``)."""
+    spacing_rtol = tol if spacing_rtol is None else spacing_rtol
+    origin_tol_voxels = tol if origin_tol_voxels is None else origin_tol_voxels
     if isinstance(a, Image):
         shape_a, a = a.array.shape, a.geometry
     if isinstance(b, Image):
@@ -396,11 +400,12 @@ def same_grid(a: Image | Geometry, b: Image | Geometry, shape_a: Sequence[int] |
     if shape_a is not None and shape_b is not None and tuple(shape_a) != tuple(shape_b):
         return False
     sa, sb = np.asarray(a.spacing), np.asarray(b.spacing)
-    if not np.allclose(sa, sb, rtol=tol, atol=0):
+    if not np.allclose(sa, sb, rtol=spacing_rtol, atol=0):
         return False
     if not np.allclose(a.direction, b.direction, atol=tol):
         return False
-    return bool(np.all(np.abs(np.asarray(a.origin) - np.asarray(b.origin)) <= tol * sa + 1e-6))
+    return bool(np.all(np.abs(np.asarray(a.origin) - np.asarray(b.origin)) <= origin_tol_voxels * sa
+                       + origin_slack_mm))
 
 
 CANONICAL_ORIENTATION = "LPS"
