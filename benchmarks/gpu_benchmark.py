@@ -10,29 +10,41 @@ Data: a preprocessed plans folder (plans.json + CASE.npz + CASE.json), e.g. the 
     lvs_convert ...                      # 3D-IRCADb -> $LVS_RAW/Dataset001_IRCAD (see documentation)
     lvs_plan_preprocess 1 --preset paper
     mkdir -p benchmarks/data && cp -r $LVS_PREPROCESSED/Dataset001_IRCAD/paper benchmarks/data/ircad_paper
-    python benchmarks/gpu_benchmark.py --data benchmarks/data/ircad_paper --minutes 4
+    python benchmarks/gpu_benchmark.py --data benchmarks/data/ircad_paper --val ircadb_1_01 --minutes 4 \
+        --save-model /tmp/ircad_gpu_model --out benchmarks/out/gpu_benchmark.json
 
-The last case (or ``--val CASE``) is held out for validation, the others are trained on. Without a
-GPU, check the script with tiny settings on phantoms:
+The last case (or ``--val CASE``) is held out for validation, the others are trained on. ``--out X.json``
+gets the details, ``X.md`` the table. ``--save-model DIR`` writes the trained network as a model folder
+for ``lvs_predict --model DIR`` (``DIR/fold_0/checkpoint_best.pth``, float32 CPU weights + plans, no
+optimizer state, ``torch.load(weights_only=True)`` safe), right after training, before the inference
+timing, so a run cut short still leaves the model. Without a GPU, check the script with tiny settings:
 
     python benchmarks/gpu_benchmark.py --phantoms 3 --tiny --device cpu --minutes 0.3
+    python benchmarks/gpu_benchmark.py --data benchmarks/data/ircad_paper --tiny --device cpu --minutes 0.2 \
+        --save-model /tmp/x
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
 import tempfile
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
 
 BENCH_DATASET = "Dataset998_GPUBench"
+T_START = time.perf_counter()
+
+
+def log(text: str) -> None:
+    """One flushed progress line with the time since start (the device run shows only its output's tail)."""
+    print(f"[gpu_benchmark {time.perf_counter() - T_START:6.1f} s] {text}", file=sys.stderr, flush=True)
 
 
 def sync(device: torch.device) -> None:
@@ -121,6 +133,41 @@ def time_inference(net, plans, folder: Path, cases: list[str], device: torch.dev
     return rows
 
 
+def save_model(net: torch.nn.Module, plans, model_dir: Path, info: dict, history: list[dict],
+               val_dsc: float | None) -> Path:
+    """``model_dir/fold_0/checkpoint_best.pth`` (float32 CPU weights + plans) and ``model_info.json``."""
+    from livseg_pipeline.training.checkpoint import save_checkpoint
+    from livseg_pipeline.training.data import plans_json
+    from livseg_pipeline.utils.files import save_json
+
+    # float32, contiguous, on the CPU: loads anywhere (channels_last / CUDA tensors would not travel as well)
+    state = {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous()
+             for k, v in net.state_dict().items()}
+    epochs = len([r for r in history if r["epoch"] > 0])
+    path = model_dir / "fold_0" / "checkpoint_best.pth"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(path, {"model": state, "epoch": epochs, "total_epochs": epochs, "fold": "0",
+                           "dataset": BENCH_DATASET, "plans": plans_json(plans), "history": history,
+                           "best": {"dsc": float("nan") if val_dsc is None else float(val_dsc), "epoch": epochs},
+                           "seed": 12345})
+    save_json({**info, "val_dsc_preprocessed": val_dsc, "epochs": epochs,
+               "note": "trained by benchmarks/gpu_benchmark.py; one fold, validated once at the end"},
+              model_dir / "model_info.json")
+    return path
+
+
+def write_results(out: Path, result: dict, rows: list[tuple[str, str]]) -> None:
+    """JSON details at ``out`` and the Markdown table at ``out`` with suffix .md (both atomic)."""
+    from livseg_pipeline.utils.files import atomic_path, save_json
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_json(result, out)
+    w = max(len(k) for k, _ in rows)
+    table = "| measure | value |\n|---|---|\n" + "".join(f"| {k.ljust(w)} | {v} |\n" for k, v in rows)
+    with atomic_path(out.with_suffix(".md")) as tmp:
+        Path(tmp).write_text(table)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     src = ap.add_mutually_exclusive_group(required=True)
@@ -134,7 +181,10 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=None, help="loader processes (default min(12, cpus - 2))")
     ap.add_argument("--segments", type=int, nargs="+", default=None, help="inference segment sizes")
     ap.add_argument("--no-amp", action="store_true", help="train and infer in float32 on CUDA")
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/out/gpu_benchmark.json"))
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/out/gpu_benchmark.json"),
+                    help="JSON details; the table goes beside it with suffix .md")
+    ap.add_argument("--save-model", type=Path, default=None, metavar="DIR",
+                    help="write the trained network as a model folder for lvs_predict --model DIR")
     args = ap.parse_args()
 
     device = torch.device(args.device)
@@ -167,16 +217,30 @@ def main() -> int:
 
     info = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "torch": torch.__version__, "amp": "bf16/fp16 autocast" if amp else "float32",
-            "train_cases": train_ids, "val_cases": val_ids, "batch": t.batch_size, "workers": t.num_workers}
-    print(f"[gpu_benchmark] {info}", file=sys.stderr, flush=True)
+            "train_cases": train_ids, "val_cases": val_ids, "batch": t.batch_size, "workers": t.num_workers,
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "data": str(args.data) if args.data else f"{args.phantoms} phantoms"}
+    log(f"{info}")
 
     net = DeepMedic.from_plans(plans).to(device)
     flop = flops_per_output_voxel(net, t.segment_size_out) * t.segment_size_out ** 3 * 3
+    log("compute-only training throughput (random inputs) ...")
     seg_compute = compute_only(net, plans, device, 5 if args.tiny else 30, amp)
+    log(f"compute-only: {seg_compute:.1f} segments/s")
     del net
 
+    last_report = [time.perf_counter()]
+
+    def on_iteration(epoch: int, iteration: int) -> None:
+        # the trainer prints one line per epoch; this shows life inside long epochs (first CUDA steps)
+        if time.perf_counter() - last_report[0] > 20:
+            last_report[0] = time.perf_counter()
+            log(f"training epoch {epoch + 1}, iteration {iteration + 1}/{t.iterations_per_epoch}")
+
     trainer = Trainer(TrainConfig(BENCH_DATASET, 0, plans_name, epochs=10 ** 6, device=device.type, export=False,
-                                  progress=False, plans_override=plans, time_limit_s=args.minutes * 60))
+                                  progress=False, plans_override=plans, time_limit_s=args.minutes * 60),
+                      on_iteration=on_iteration)
+    log(f"training for {args.minutes} min (loading cases, then one line per epoch) ...")
     t0 = time.perf_counter()
     trainer.run()
     train_s = time.perf_counter() - t0
@@ -185,8 +249,17 @@ def main() -> int:
     seg_train = float(np.mean([r["segments_per_s"] for r in steady]))
     wait = float(np.mean([r["data_wait_share"] for r in steady]))
     val_dsc = hist[-1]["val_dsc"]
+    log(f"trained {len(hist)} epochs in {train_s / 60:.2f} min; validation DSC {val_dsc}")
+    if args.save_model:
+        path = save_model(trainer.net, plans, args.save_model, info, trainer.history, val_dsc)
+        log(f"model saved: {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    result = {**info, "compute_segments_per_s": seg_compute, "train_segments_per_s": seg_train,
+              "data_wait_share": wait, "epochs": len(hist), "train_seconds": train_s, "val_dsc": val_dsc,
+              "history": trainer.history, "inference": []}
+    write_results(args.out, result, [("device", info["device"]), ("status", "training done, inference pending")])
 
     net = trainer.net.eval()
+    log(f"timing inference, segment sizes {sizes} ...")
     inf = time_inference(net, plans, root / "pre" / BENCH_DATASET / plans_name, train_ids[:1] + val_ids, device,
                          sizes, amp)
 
@@ -205,12 +278,9 @@ def main() -> int:
     print("\n| measure | value |\n|---|---|")
     for k, v in rows:
         print(f"| {k.ljust(w)} | {v} |")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    result = {**info, "compute_segments_per_s": seg_compute, "train_segments_per_s": seg_train,
-              "data_wait_share": wait, "epochs": len(hist), "train_seconds": train_s, "val_dsc": val_dsc,
-              "history": trainer.history, "inference": inf}
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\n[gpu_benchmark] details: {args.out}", file=sys.stderr)
+    result["inference"] = inf
+    write_results(args.out, result, rows)
+    log(f"details: {args.out}, table: {args.out.with_suffix('.md')}")
     shutil.rmtree(root, ignore_errors=True)
     return 0
 
