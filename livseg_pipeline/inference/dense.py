@@ -195,7 +195,7 @@ def make_source(image: np.ndarray, plans, segment_size: int, radius: int = 10) -
 
 def predict_preprocessed(network: torch.nn.Module, image: np.ndarray, plans, device: torch.device | str = "cpu",
                          segment_size: int | None = None, batch_size: int | None = None,
-                         body_mask: np.ndarray | None = None, progress=None) -> np.ndarray:
+                         body_mask: np.ndarray | None = None, progress=None, engine: str = "boxes") -> np.ndarray:
     """Sigmoid liver probabilities (float32, same shape as ``image``) by dense inference.
 
     ``image`` is a preprocessed fine volume ``(z, y, x)``; ``segment_size`` / ``batch_size`` default
@@ -209,7 +209,7 @@ def predict_preprocessed(network: torch.nn.Module, image: np.ndarray, plans, dev
     B = int(batch_size or plans.inference.batch_size)
     threads = torch.get_num_threads()
     try:
-        runner = make_runner(network, image, plans, device, S, B)
+        runner = make_runner(network, image, plans, device, S, B, engine)
         runner.run(candidate_segments(image.shape, S, body_mask), progress)
         return runner.result()
     finally:  # the caller (e.g. the trainer between epochs) keeps its own thread setting
@@ -217,11 +217,25 @@ def predict_preprocessed(network: torch.nn.Module, image: np.ndarray, plans, dev
 
 
 def make_runner(networks, image: np.ndarray, plans, device: torch.device | str, segment_size: int,
-                batch_size: int) -> SegmentPredictor:
-    """A :class:`SegmentPredictor` for one preprocessed volume and one network or a fold ensemble."""
+                batch_size: int = 1, engine: str = "boxes"):
+    """A runner (``run(starts)``, ``result()``, ...) for one preprocessed volume and one network or a
+    fold ensemble, over cells of ``segment_size``.
+
+    ``engine="boxes"`` (default): :class:`livseg_pipeline.inference.boxes.BoxRunner` (coarse pathways
+    once per volume, requested cells merged into large boxes). ``engine="segments"``: the reference
+    :class:`SegmentPredictor` (every segment on its own, ``segment_size`` a multiple of every
+    pathway factor). Both give the same probabilities to float rounding.
+    """
     nets = [networks] if isinstance(networks, torch.nn.Module) else list(networks)
     nets = [prepare_network(n, device) for n in nets]
-    source = make_source(image, plans, segment_size, radius=network_radius(nets[0], receptive_radius()))
+    radius = network_radius(nets[0], receptive_radius())
+    if engine == "boxes" and all(hasattr(n, "pathway") and hasattr(n, "head") for n in nets):
+        from livseg_pipeline.inference.boxes import BoxRunner
+
+        return BoxRunner(nets, image, plans, device, segment_size, radius=radius)
+    if engine not in ("boxes", "segments"):
+        raise ValueError(f"unknown inference engine {engine!r} (boxes | segments)")
+    source = make_source(image, plans, segment_size, radius=radius)
     return SegmentPredictor(nets, source, device, batch_size)
 
 

@@ -93,12 +93,16 @@ def grow_region(evaluate: Callable[[list[Start]], Sequence[Start]], block: Calla
                 face_depth: int = 2) -> set[Start]:
     """Breadth-first growth over segments: ``evaluate(batch)`` computes segments (returns those newly
     computed), ``block(start)`` gives a computed segment's probabilities; a face holding a voxel
-    ``>= level`` queues the neighbour across it if it is ``allowed``. Returns the segments visited."""
+    ``>= level`` queues the neighbour across it if it is ``allowed``. Returns the segments visited.
+
+    ``batch_size <= 0`` evaluates whole waves (everything queued so far) at once, so that a box
+    engine can merge a wave's segments into a few large boxes."""
     visited: set[Start] = set()
     queue = list(dict.fromkeys(seeds))
     queued = set(queue)
     while queue:
-        batch, queue = queue[:batch_size], queue[batch_size:]
+        take = len(queue) if batch_size <= 0 else batch_size
+        batch, queue = queue[:take], queue[take:]
         evaluate(batch)
         for start in batch:
             visited.add(start)
@@ -125,8 +129,9 @@ def predict_grow(networks: torch.nn.Module | Sequence[torch.nn.Module], image: n
     """
     image = np.asarray(image)
     S = int(segment_size or plans.inference.segment_size_out)
-    B = int(batch_size or plans.inference.batch_size)
-    runner = make_runner(networks, image, plans, device, S, B)
+    # 0: whole waves at once (see grow_region)
+    B = int(plans.inference.batch_size if batch_size is None else batch_size)
+    runner = make_runner(networks, image, plans, device, S, max(1, B))
     candidates = candidate_segments(image.shape, S, body_mask)
     level = float(grow_fraction) * float(threshold)
     voxel_ml = float(np.prod(plans.preprocessing.target_spacing_mm)) / 1000.0

@@ -105,12 +105,16 @@ class Pathway(nn.Module):
         return self.layers[-1].conv.out_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        outs: list[torch.Tensor] = []
+        # only the outputs a later residual reads are kept: on large inference boxes every held
+        # activation is hundreds of MB
+        skips = {k - 2 for k in self.residual_layers}
+        kept: dict[int, torch.Tensor] = {}
         for k, layer in enumerate(self.layers):
             x = layer(x)
             if k in self.residual_layers:
-                x = _add_residual(x, outs[k - 2])
-            outs.append(x)
+                x = _add_residual(x, kept.pop(k - 2))
+            if k in skips:
+                kept[k] = x
         return x
 
 
@@ -165,26 +169,35 @@ class DeepMedic(nn.Module):
         """Input cube edge per pathway for an output cube of ``output_size`` (a multiple of every factor)."""
         return pathway_input_sizes(output_size, self.factors, self.radius)
 
+    def pathway(self, k: int, x: torch.Tensor) -> torch.Tensor:
+        """Output of pathway ``k`` (pre-activation features at its own resolution) for input ``x``;
+        valid convolutions, so any input size works: ``n`` voxels in, ``n - 2 * radius`` out."""
+        if self.channels_last:
+            # .to() restrides even a 1-channel tensor (``contiguous`` would not), and the input's
+            # strides decide the layout every following layer runs in
+            x = x.to(memory_format=torch.channels_last_3d)
+        return self.pathways[k](x)
+
+    def head(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Logits from the pathway features, all already on the fine output grid."""
+        return self.classifier(self.fc(torch.cat(list(features), dim=1)))
+
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         if len(inputs) != len(self.pathways):
             raise ValueError(f"expected {len(self.pathways)} pathway inputs, got {len(inputs)}")
         size = inputs[0].shape[2] - 2 * self.radius
         feats = []
-        for x, f, path in zip(inputs, self.factors, self.pathways):
+        for x, f in zip(inputs, self.factors):
             want = size // f + 2 * self.radius
             if tuple(x.shape[2:]) != (want,) * 3:
                 raise ValueError(f"pathway x{f} input is {tuple(x.shape[2:])}, expected {(want,) * 3} "
                                  f"for a {size}^3 output")
-            if self.channels_last:
-                # .to() restrides even a 1-channel tensor (``contiguous`` would not), and the input's
-                # strides decide the layout every following layer runs in
-                x = x.to(memory_format=torch.channels_last_3d)
-            y = path(x)
+            y = self.pathway(len(feats), x)
             if f > 1:
                 # nearest repetition: coarse voxel j covers fine block [f j, f (j + 1)) exactly
                 y = y.repeat_interleave(f, dim=2).repeat_interleave(f, dim=3).repeat_interleave(f, dim=4)
             feats.append(y)
-        return self.classifier(self.fc(torch.cat(feats, dim=1)))
+        return self.head(feats)
 
 
 def count_parameters(net: nn.Module) -> int:

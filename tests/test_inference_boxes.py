@@ -1,0 +1,90 @@
+"""The box engine (coarse pathways once per volume, fine pathway on arbitrary boxes) gives the same
+probabilities as the reference segment-by-segment inference, for any cell size, box shape and
+position, with one network and with an ensemble; the cover of cells is disjoint and complete."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from fixtures_inference import small_plans
+from test_inference_dense import random_deepmedic
+
+from livseg_pipeline.inference.boxes import BoxRunner, layer_costs
+from livseg_pipeline.inference.cover import box_cost, cover_cells
+from livseg_pipeline.inference.dense import make_runner, segment_grid
+
+
+@pytest.fixture(scope="module")
+def plans():
+    return small_plans()
+
+
+@pytest.fixture(scope="module")
+def nets(plans):
+    return [random_deepmedic(plans, seed) for seed in (0, 1)]
+
+
+@pytest.fixture(scope="module")
+def volume():
+    rng = np.random.default_rng(3)
+    return (rng.standard_normal((23, 34, 31)) * 0.3).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def reference(plans, volume, nets):
+    runner = make_runner(nets, volume, plans, "cpu", 15, 4, engine="segments")
+    runner.run(segment_grid(volume.shape, 15))
+    return runner.member_results()
+
+
+@pytest.mark.parametrize("cell", [15, 7, 10])
+def test_boxes_equal_segments_for_any_cell_size(plans, volume, nets, reference, cell):
+    runner = make_runner(nets, volume, plans, "cpu", cell)
+    assert isinstance(runner, BoxRunner)
+    runner.run(segment_grid(volume.shape, cell))
+    for got, want in zip(runner.member_results(), reference):
+        np.testing.assert_allclose(got, want, atol=2e-5)
+    np.testing.assert_allclose(runner.result(), np.mean(reference, axis=0), atol=2e-5)
+
+
+def test_odd_boxes_at_odd_positions(plans, volume, nets, reference):
+    runner = BoxRunner(nets[:1], volume, plans, "cpu", cell_size=1)
+    boxes = [((0, 0, 0), (23, 34, 31)), ((3, 7, 11), (1, 1, 1)), ((5, 2, 9), (13, 4, 17)), ((22, 33, 30), (1, 1, 1))]
+    for start, size in boxes:
+        fresh = BoxRunner(nets[:1], volume, plans, "cpu", cell_size=1)
+        fresh.run_boxes([(start, size)])
+        sl = tuple(slice(s, s + d) for s, d in zip(start, size))
+        np.testing.assert_allclose(fresh.members[0][sl], reference[0][sl], atol=2e-5)
+    assert runner.flops() == 0.0
+
+
+def test_small_boxes_respect_the_memory_cap_and_cells_are_done_once(plans, volume, nets):
+    runner = BoxRunner(nets[:1], volume, plans, "cpu", cell_size=5, max_box_voxels=1000)
+    starts = segment_grid(volume.shape, 5)
+    assert runner.run(starts[:10]) == starts[:10]
+    assert runner.run(starts[:10]) == []
+    assert all(np.prod(size) <= 1000 for _, size in runner.boxes)
+
+
+def test_cover_is_disjoint_and_complete():
+    rng = np.random.default_rng(0)
+    per_layer, head = [1.0] * 10, 2.0
+    cost = lambda d: box_cost(d, per_layer, head)  # noqa: E731
+    for _ in range(20):
+        cells = rng.random((7, 9, 8)) < rng.uniform(0.05, 0.9)
+        boxes = cover_cells(cells, 3, cost, max_voxels=500)
+        hit = np.zeros((21, 27, 24), np.int32)
+        for (z, y, x), (dz, dy, dx) in boxes:
+            hit[z: z + dz, y: y + dy, x: x + dx] += 1
+            assert dz * dy * dx <= 500 or (dz, dy, dx) == (3, 3, 3)
+        assert hit.max() <= 1                                          # disjoint
+        covered = hit.reshape(7, 3, 9, 3, 8, 3).max(axis=(1, 3, 5)) > 0
+        assert not (cells & ~covered).any()                            # complete
+        # never worse than one box per cell
+        assert sum(cost(s) for _, s in boxes) <= cells.sum() * cost((3, 3, 3)) + 1e-6
+
+
+def test_layer_costs_match_the_network(plans, nets):
+    per_layer, head = layer_costs(nets[0])
+    assert len(per_layer) == 10 and per_layer[0] == 2 * 1 * plans.network.pathway_features[0][0] * 27
+    assert head > 0
