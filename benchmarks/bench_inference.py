@@ -1,17 +1,22 @@
 """Inference benchmark on the real 3D-IRCADb 1.1 CT: DICOM folder in -> NIfTI mask out, with the
 paper's network (plans/paper.json), one model and the 5-fold ensemble; wall time by stage and peak RSS.
 
-    python benchmarks/bench_inference.py                      # grow, body and full dense; 1 and 5 folds
-    python benchmarks/bench_inference.py --runs grow:1 body:1  # a subset (strategy:folds)
-    python benchmarks/bench_inference.py --count-only         # segment/FLOP counts only (no network)
+    python benchmarks/bench_inference.py                      # grow (new and old engine), 5 folds, body, full
+    python benchmarks/bench_inference.py --runs grow:1 body:1  # a subset (strategy:folds[:engine])
+    python benchmarks/bench_inference.py --runs grow:1 --model DIR   # a trained model (e.g. the GPU one)
+    python benchmarks/bench_inference.py --count-only         # box / segment / FLOP counts only (no network)
 
-The networks have random weights (no trained paper model ships with livseg), so their probability
-maps are not liver-like and would make the growth strategy visit everything or nothing. Timing the
-growth honestly therefore uses a stand-in: every evaluated segment is computed by the real network
-(the cost is real), then its output is replaced by the reference liver mask of the case, preprocessed
-and smoothed (Gaussian, sigma 1.5 voxels), before the faces decide where to grow, so exactly the
-segments a good trained model would need are computed. ``body`` (every segment holding body voxels)
-and ``full`` (every segment) need no stand-in. Each run is a fresh process (peak RSS is its own).
+Engines: ``boxes`` (default: coarse pathways once per volume, cells merged into large boxes) and
+``segments`` (the previous one-segment-at-a-time runner; ``grow:1:segments`` times it as it was:
+30^3 segments, batch 4).
+
+Without ``--model`` the networks have random weights, so their probability maps are not liver-like
+and would make the growth strategy visit everything or nothing. Timing the growth honestly then uses
+a stand-in: every evaluated cell is computed by the real network (the cost is real), then its output
+is replaced by the reference liver mask of the case, preprocessed and smoothed (Gaussian, sigma 1.5
+voxels), before the faces decide where to grow, so exactly the cells a good trained model would need
+are computed. ``body`` (every cell holding body voxels) and ``full`` (every cell) need no stand-in.
+Each run is a fresh process (peak RSS is its own).
 """
 
 from __future__ import annotations
@@ -81,21 +86,26 @@ def child(args) -> None:
     t0 = time.perf_counter()
     folds = list(range(args.folds))
     grow_options = {}
-    if args.strategy == "grow":
+    if args.strategy == "grow" and args.stand_in:
         grow_options["stand_in_probabilities"] = np.load(args.stand_in)
+    size, batch = args.segment_size or None, None
+    if args.engine == "segments" and args.strategy == "grow":
+        size, batch = size or 30, 4   # the one-segment-at-a-time growth as it was before the box engine
     t = time.perf_counter()
-    pred = Predictor.from_model_dir(args.model, [str(f) for f in folds], strategy=args.strategy,
-                                    segment_size=args.segment_size or None, grow_options=grow_options)
+    pred = Predictor.from_model_dir(args.model_dir, [str(f) for f in folds], strategy=args.strategy,
+                                    segment_size=size, batch_size=batch, grow_options=grow_options,
+                                    engine=args.engine)
     t_load = time.perf_counter() - t
     t = time.perf_counter()
     image = read_image(args.ct)
     t_read = time.perf_counter() - t
     p = pred.predict_image(image)
     t = time.perf_counter()
-    write_image(p.mask, Path(args.out) / f"ircad1_{args.strategy}_{args.folds}.nii.gz")
+    write_image(p.mask, Path(args.out) / f"ircad1_{args.strategy}_{args.engine}_{args.folds}.nii.gz")
     t_write = time.perf_counter() - t
     total = time.perf_counter() - t0
-    print(json.dumps({"strategy": args.strategy, "folds": args.folds, "segment_size": pred.segment_size,
+    print(json.dumps({"strategy": args.strategy, "engine": args.engine, "folds": args.folds,
+                      "segment_size": pred.segment_size, "stand_in": bool(grow_options),
                       "wall_s": round(total, 1), "end_to_end_s": round(total - t_load, 1),
                       "stages_s": {"load_model": round(t_load, 2), "read": round(t_read, 2), **p.timings_s,
                                    "write": round(t_write, 2)},
@@ -132,10 +142,24 @@ def count_only(ct_dir: Path, stand_in_path: Path) -> list[dict]:
         seeds = seed_order(img, plans, cands, S, body)[:2]
         grown = grow_region(lambda b: b, block, seeds, set(cands), S, 1, 0.25)
         fpv = flops_per_output_voxel(net, S)
-        rows.append({"segment_size": S, "mflop_per_voxel": round(fpv / 1e6, 2),
+        rows.append({"engine": "segments", "segment_size": S, "mflop_per_voxel": round(fpv / 1e6, 2),
                      **{k: {"segments": n, "tflop": round(n * S ** 3 * fpv / 1e12, 2)}
                         for k, n in (("full", len(segment_grid(img.shape, S))), ("body", len(cands)),
                                      ("grow", len(grown)))}})
+    # the box engine: growth in waves over cells, each wave covered by a few boxes (dry run: the
+    # boxes are chosen and costed, the network is not run; the stand-in decides the growth)
+    from livseg_pipeline.inference.dense import make_runner
+    from livseg_pipeline.inference.grow import predict_grow
+
+    for C in (10, 15, 20, 30):
+        res = predict_grow(net, img, plans, "cpu", C, 0, body_mask=body, stand_in_probabilities=oracle, dry_run=True)
+        rows.append({"engine": "boxes", "strategy": "grow", "cell_size": C, "cells": len(res.runner.done),
+                     "boxes": len(res.runner.boxes), "tflop": round(res.runner.flops() / 1e12, 2)})
+    for C in (15, 45):
+        runner = make_runner(net, img, plans, "cpu", C, dry_run=True)
+        runner.run(candidate_segments(img.shape, C, body))
+        rows.append({"engine": "boxes", "strategy": "body", "cell_size": C, "cells": len(runner.done),
+                     "boxes": len(runner.boxes), "tflop": round(runner.flops() / 1e12, 2)})
     liver_vox = int((oracle >= 0.5).sum())
     rows.append({"preprocessed_shape": list(img.shape), "body_voxels": int(body.sum()), "liver_voxels": liver_vox,
                  "floor_tflop_liver_only": round(liver_vox * flops_per_output_voxel(net, 15 * 1000) / 1e12, 2)})
@@ -182,8 +206,11 @@ def throughput(specs: list[str], threads: list[int]) -> list[dict]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ircad", default=str(IRCAD), help="3Dircadb1.1 folder (PATIENT_DICOM.zip, MASKS_DICOM.zip)")
-    ap.add_argument("--runs", nargs="+", default=["grow:1", "grow:5", "body:1", "full:1"],
-                    help="strategy:folds pairs (grow | body | full)")
+    ap.add_argument("--runs", nargs="+", default=["grow:1", "grow:1:segments", "grow:5", "body:1", "full:1"],
+                    help="strategy:folds[:engine] (strategy grow | body | full; engine boxes (default) | segments)")
+    ap.add_argument("--model", dest="trained", default=None,
+                    help="a trained model folder (fold_K/checkpoint_*.pth): timed as it is, growth decided by "
+                         "its own probabilities (no stand-in); default: random paper networks + stand-in")
     ap.add_argument("--segment-size", type=int, default=0, help="override the strategy's segment size")
     ap.add_argument("--count-only", action="store_true")
     ap.add_argument("--throughput", nargs="*", metavar="SxB[cl|nomkl]",
@@ -193,7 +220,8 @@ def main() -> int:
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--strategy", help=argparse.SUPPRESS)
     ap.add_argument("--folds", type=int, default=1, help=argparse.SUPPRESS)
-    ap.add_argument("--model", help=argparse.SUPPRESS)
+    ap.add_argument("--model-dir", help=argparse.SUPPRESS)
+    ap.add_argument("--engine", default="boxes", help=argparse.SUPPRESS)
     ap.add_argument("--ct", help=argparse.SUPPRESS)
     ap.add_argument("--stand-in", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
@@ -226,12 +254,14 @@ def main() -> int:
                 print(json.dumps(r))
         else:
             max_folds = max(int(r.split(":")[1]) for r in args.runs)
-            model_dir = make_models(tmp / "results", max_folds)
+            model_dir = Path(args.trained) if args.trained else make_models(tmp / "results", max_folds)
             for run in args.runs:
-                strategy, folds = run.split(":")
+                strategy, folds, *rest = run.split(":")
                 cmd = [sys.executable, __file__, "--child", "--strategy", strategy, "--folds", folds,
-                       "--model", str(model_dir), "--ct", str(ct_dir), "--stand-in", str(stand_in),
-                       "--out", str(tmp), "--segment-size", str(args.segment_size)]
+                       "--model-dir", str(model_dir), "--ct", str(ct_dir), "--out", str(tmp),
+                       "--segment-size", str(args.segment_size), "--engine", rest[0] if rest else "boxes"]
+                if not args.trained:
+                    cmd += ["--stand-in", str(stand_in)]
                 print(f"running {run} ...", file=sys.stderr, flush=True)
                 proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
                 if proc.returncode != 0:

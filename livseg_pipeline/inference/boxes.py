@@ -47,9 +47,11 @@ class BoxRunner:
 
     def __init__(self, networks: torch.nn.Module | Sequence[torch.nn.Module], image: np.ndarray, plans,
                  device: torch.device | str, cell_size: int, max_box_voxels: int | None = None,
-                 radius: int | None = None) -> None:
+                 radius: int | None = None, dry_run: bool = False) -> None:
         self.networks = [networks] if isinstance(networks, torch.nn.Module) else list(networks)
         self.device = torch.device(device)
+        # dry run (benchmarks): boxes are chosen and counted, the network is not run (probabilities 0)
+        self.dry_run = bool(dry_run)
         net0 = self.networks[0]
         self.factors = tuple(int(f) for f in net0.factors)
         self.radius = int(radius if radius is not None else net0.radius)
@@ -84,7 +86,7 @@ class BoxRunner:
                 g[R:R + grid.shape[0], R:R + grid.shape[1], R:R + grid.shape[2]] = grid[: n[0], : n[1], : n[2]]
                 x = torch.from_numpy(g)[None, None].to(self.device)
                 for i, net in enumerate(self.networks):
-                    self.coarse[i].append(net.pathway(k, x))
+                    self.coarse[i].append(x if self.dry_run else net.pathway(k, x))
         del contexts
 
         per_layer, head = layer_costs(net0)
@@ -96,6 +98,8 @@ class BoxRunner:
 
     # -- computing -------------------------------------------------------------------------------
     def _box_probabilities(self, net_index: int, start: Sequence[int], size: Sequence[int]) -> np.ndarray:
+        if self.dry_run:
+            return np.zeros(tuple(int(v) for v in size), np.float32)
         net = self.networks[net_index]
         R = self.radius
         z, y, x = (int(v) for v in start)

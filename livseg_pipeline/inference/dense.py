@@ -217,14 +217,15 @@ def predict_preprocessed(network: torch.nn.Module, image: np.ndarray, plans, dev
 
 
 def make_runner(networks, image: np.ndarray, plans, device: torch.device | str, segment_size: int,
-                batch_size: int = 1, engine: str = "boxes"):
+                batch_size: int = 1, engine: str = "boxes", dry_run: bool = False):
     """A runner (``run(starts)``, ``result()``, ...) for one preprocessed volume and one network or a
     fold ensemble, over cells of ``segment_size``.
 
     ``engine="boxes"`` (default): :class:`livseg_pipeline.inference.boxes.BoxRunner` (coarse pathways
     once per volume, requested cells merged into large boxes). ``engine="segments"``: the reference
     :class:`SegmentPredictor` (every segment on its own, ``segment_size`` a multiple of every
-    pathway factor). Both give the same probabilities to float rounding.
+    pathway factor). Both give the same probabilities to float rounding. ``dry_run`` (boxes only,
+    benchmarks) chooses and counts the boxes without running the network.
     """
     nets = [networks] if isinstance(networks, torch.nn.Module) else list(networks)
     nets = [prepare_network(n, device) for n in nets]
@@ -232,7 +233,7 @@ def make_runner(networks, image: np.ndarray, plans, device: torch.device | str, 
     if engine == "boxes" and all(hasattr(n, "pathway") and hasattr(n, "head") for n in nets):
         from livseg_pipeline.inference.boxes import BoxRunner
 
-        return BoxRunner(nets, image, plans, device, segment_size, radius=radius)
+        return BoxRunner(nets, image, plans, device, segment_size, radius=radius, dry_run=dry_run)
     if engine not in ("boxes", "segments"):
         raise ValueError(f"unknown inference engine {engine!r} (boxes | segments)")
     source = make_source(image, plans, segment_size, radius=radius)

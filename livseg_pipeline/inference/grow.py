@@ -117,7 +117,8 @@ def predict_grow(networks: torch.nn.Module | Sequence[torch.nn.Module], image: n
                  device: torch.device | str = "cpu", segment_size: int | None = None, batch_size: int | None = None,
                  body_mask: np.ndarray | None = None, threshold: float = 0.5, grow_fraction: float = 0.5,
                  face_depth: int = 2, num_seeds: int = 2, max_seeds: int = 8, min_liver_ml: float = 150.0,
-                 progress=None, stand_in_probabilities: np.ndarray | None = None) -> GrowResult:
+                 progress=None, stand_in_probabilities: np.ndarray | None = None, engine: str = "boxes",
+                 dry_run: bool = False) -> GrowResult:
     """Probabilities of the segments connected to the liver (see the module docstring).
 
     ``grow_threshold = grow_fraction * threshold``. Returns the runner (``runner.result()`` = mean
@@ -131,7 +132,7 @@ def predict_grow(networks: torch.nn.Module | Sequence[torch.nn.Module], image: n
     S = int(segment_size or plans.inference.segment_size_out)
     # 0: whole waves at once (see grow_region)
     B = int(plans.inference.batch_size if batch_size is None else batch_size)
-    runner = make_runner(networks, image, plans, device, S, max(1, B))
+    runner = make_runner(networks, image, plans, device, S, max(1, B), engine, dry_run)
     candidates = candidate_segments(image.shape, S, body_mask)
     level = float(grow_fraction) * float(threshold)
     voxel_ml = float(np.prod(plans.preprocessing.target_spacing_mm)) / 1000.0

@@ -185,12 +185,14 @@ class Predictor:
 
     ``strategy``: ``grow`` (segments reachable from the liver, :mod:`~livseg_pipeline.inference.grow`),
     ``body`` (every segment holding body voxels) or ``full`` (every segment: the reference).
+    ``engine``: ``boxes`` (:mod:`~livseg_pipeline.inference.boxes`) or ``segments`` (the reference
+    one-segment-at-a-time runner; same numbers, slower).
     """
 
     def __init__(self, networks, plans: Plans, device: str | torch.device = "cpu", threshold: float | None = None,
                  postprocessing: bool | None = None, postprocessing_mode: str = "paper", strategy: str = "grow",
                  segment_size: int | None = None, batch_size: int | None = None, keep_members: bool = False,
-                 grow_options: dict | None = None) -> None:
+                 grow_options: dict | None = None, engine: str = "boxes") -> None:
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
         if postprocessing_mode not in MODES:
@@ -210,6 +212,7 @@ class Predictor:
         self.batch_size = int(batch_size or default_batch)
         self.keep_members = keep_members
         self.grow_options = dict(grow_options or {})
+        self.engine = engine
 
     @classmethod
     def from_model_dir(cls, model_dir: str | Path, folds="all", checkpoint: str = "best",
@@ -240,11 +243,11 @@ class Predictor:
             body = preprocessed_body_mask(image, self.plans, dilate_mm=5.0)
         if self.strategy == "grow":
             res = predict_grow(self.networks, image, self.plans, self.device, self.segment_size, self.batch_size,
-                               body_mask=body, threshold=self.threshold, **self.grow_options)
+                               body_mask=body, threshold=self.threshold, engine=self.engine, **self.grow_options)
             runner, info = res.runner, res.summary()
         else:
             runner = make_runner(self.networks, image, self.plans, self.device, self.segment_size,
-                                 max(1, self.batch_size))
+                                 max(1, self.batch_size), self.engine)
             starts = candidate_segments(image.shape, self.segment_size, body)
             runner.run(starts)
             info = {"segments_evaluated": len(runner.done), "segments_candidates": len(starts)}
