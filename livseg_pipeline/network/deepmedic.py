@@ -81,7 +81,19 @@ class PreActConv(nn.Module):
         self.conv = nn.Conv3d(cin, cout, kernel, bias=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(self.drop(self.act(self.norm(x))))
+        x = self.drop(self.act(self.norm(x)))
+        if _force_onednn(x):
+            # PyTorch sends a batch-1 convolution whose N*C*D*H is below 20480 (a small box, a late
+            # layer, the coarse pathways) to its im2col fallback, 3-5x slower than oneDNN on CPU
+            c = self.conv
+            return torch.mkldnn_convolution(x, c.weight, c.bias, c.padding, c.stride, c.dilation, c.groups)
+        return self.conv(x)
+
+
+def _force_onednn(x: torch.Tensor) -> bool:
+    """Inference on CPU in float32 with oneDNN available (training keeps PyTorch's own dispatch)."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
+            and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
 
 
 class Pathway(nn.Module):
