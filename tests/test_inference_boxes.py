@@ -88,3 +88,34 @@ def test_layer_costs_match_the_network(plans, nets):
     per_layer, head = layer_costs(nets[0])
     assert len(per_layer) == 10 and per_layer[0] == 2 * 1 * plans.network.pathway_features[0][0] * 27
     assert head > 0
+
+
+@pytest.mark.parametrize("preset", ["cpu_demo", "paper"])
+def test_split_head_equals_the_network_head(preset):
+    """FC1 split by pathway with the later batch norms folded gives the network's own logits."""
+    import torch
+    from torch import nn
+
+    from livseg_pipeline.experiment_planning.plans import load_preset
+    from livseg_pipeline.network.deepmedic import DeepMedic
+    from livseg_pipeline.network.split_head import split_head
+
+    torch.manual_seed(0)
+    net = DeepMedic.from_plans(load_preset(preset)).eval()
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm3d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.2, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.3, 0.3)
+            if isinstance(m, nn.PReLU):
+                m.weight.uniform_(0.0, 0.5)
+    head = split_head(net)
+    feats = [torch.randn(1, p.out_channels, 6, 7, 8) for p in net.pathways]
+    with torch.inference_mode():
+        want = net.head(feats)[0, 0]
+        got = head.finish(sum(head.term(k, f) for k, f in enumerate(feats)))
+    assert want.std() > 0.05
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert split_head(net.train()) is None          # training mode: batch statistics, no folding

@@ -1,0 +1,132 @@
+"""The 1x1x1 head of a trained DeepMedic, rearranged for inference on large boxes (same numbers).
+
+The head reads ``concat(fine, repeat(coarse_2), repeat(coarse_3))`` (170 channels for the paper
+network) at every fine voxel, normalises and activates it channel by channel, and applies FC1. Since
+batch norm (eval) and the activations act per channel and FC1 is linear, FC1 splits into one term per
+pathway; the coarse pathways' terms are computed once per volume at their own resolution and only
+looked up per voxel:
+
+    FC1(h) = W_fine . act(bn(fine)) + b  +  repeat(W_2 . act(bn(coarse_2)) + repeat(W_3 . act(bn(coarse_3))))
+
+The batch norms in front of FC2 and the classifier are folded into FC1 and FC2 (nothing reads their
+inputs otherwise). On a 60 x 75 x 90 box this removes the 170-channel concatenation, its normalisation
+and the nearest-neighbour copies of the coarse features (about a fifth of the time), and the 1x1x1
+layers run as matrix products over voxels. Only for ``norm`` batch or none (instance norm depends on
+the box); :func:`split_head` returns None otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _affine(norm: nn.Module, channels: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(scale, shift) of an eval-mode batch norm (or identity); None for anything else."""
+    if isinstance(norm, nn.Identity):
+        return torch.ones(channels), torch.zeros(channels)
+    if isinstance(norm, nn.BatchNorm3d) and norm.track_running_stats and norm.running_mean is not None:
+        scale = torch.rsqrt(norm.running_var + norm.eps)
+        if norm.affine:
+            scale = scale * norm.weight
+        shift = -norm.running_mean * scale
+        if norm.affine:
+            shift = shift + norm.bias
+        return scale.detach().clone(), shift.detach().clone()
+    return None
+
+
+def _activation(act: nn.Module, channels: slice | None = None):
+    """The activation as a function of rows ``(voxels, C)`` (PReLU weights sliced to ``channels``)."""
+    if isinstance(act, nn.Identity):
+        return lambda x: x
+    if isinstance(act, nn.PReLU):
+        w = act.weight.detach().clone()
+        if w.numel() > 1 and channels is not None:
+            w = w[channels]
+        return lambda x: F.prelu(x, w)
+    if isinstance(act, nn.ReLU):
+        return F.relu
+    if isinstance(act, nn.LeakyReLU):
+        slope = act.negative_slope
+        return lambda x: F.leaky_relu(x, slope)
+    return None
+
+
+@dataclass
+class _Layer:
+    weight: torch.Tensor        # (in, out) for rows @ weight
+    bias: torch.Tensor          # (out,)
+    act: object                 # activation applied to this layer's INPUT rows
+
+
+class SplitHead:
+    """FC1 split by pathway, later batch norms folded; see the module docstring."""
+
+    def __init__(self, net, channels: Sequence[int]) -> None:
+        fc1 = net.fc[0] if len(net.fc) else net.classifier
+        self.channels = [int(c) for c in channels]
+        bounds = [0]
+        for c in self.channels:
+            bounds.append(bounds[-1] + c)
+        self.slices = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+        w1 = fc1.conv.weight.detach()[:, :, 0, 0, 0]             # (out, in)
+        b1 = fc1.conv.bias.detach().clone()
+        scale, shift = _affine(fc1.norm, w1.shape[1])              # type: ignore[misc]
+        self.pre_scale = [scale[s] for s in self.slices]
+        self.pre_shift = [shift[s] for s in self.slices]
+        self.pre_act = [_activation(fc1.act, s) for s in self.slices]
+        self.w1 = [w1[:, s].t().contiguous() for s in self.slices]   # (in_k, out) per pathway
+        self.b1 = b1
+        self.rest: list[_Layer] = []
+        for layer in ([*list(net.fc)[1:], net.classifier] if len(net.fc) else []):
+            # this layer's batch norm scales and shifts the previous layer's outputs: fold it there
+            a, c = _affine(layer.norm, layer.conv.in_channels)    # type: ignore[misc]
+            if not self.rest:
+                self.w1 = [w * a for w in self.w1]
+                self.b1 = self.b1 * a + c
+            else:
+                prev = self.rest[-1]
+                prev.weight, prev.bias = prev.weight * a, prev.bias * a + c
+            w = layer.conv.weight.detach()[:, :, 0, 0, 0].t().contiguous()
+            self.rest.append(_Layer(w, layer.conv.bias.detach().clone(), _activation(layer.act)))
+
+    def to(self, device) -> SplitHead:
+        mv = lambda t: t.to(device)  # noqa: E731
+        self.pre_scale, self.pre_shift = [mv(t) for t in self.pre_scale], [mv(t) for t in self.pre_shift]
+        self.w1, self.b1 = [mv(t) for t in self.w1], mv(self.b1)
+        for layer in self.rest:
+            layer.weight, layer.bias = mv(layer.weight), mv(layer.bias)
+        return self
+
+    def term(self, k: int, features: torch.Tensor) -> torch.Tensor:
+        """Pathway ``k``'s share of FC1 for features ``(1, C_k, D, H, W)``: ``(D, H, W, out)``."""
+        shape = features.shape[2:]
+        rows = features[0].permute(1, 2, 3, 0).reshape(-1, features.shape[1])   # (voxels, C)
+        rows = self.pre_act[k](torch.addcmul(self.pre_shift[k], rows, self.pre_scale[k]))
+        return (rows @ self.w1[k]).view(*shape, -1)
+
+    def finish(self, fc1: torch.Tensor) -> torch.Tensor:
+        """Logits ``(D, H, W)`` from the summed FC1 terms ``(D, H, W, out)`` (bias not yet added)."""
+        x = fc1 + self.b1
+        for layer in self.rest:
+            x = torch.addmm(layer.bias, layer.act(x.reshape(-1, x.shape[-1])), layer.weight).view(*x.shape[:-1], -1)
+        return x[..., 0]
+
+
+def split_head(net) -> SplitHead | None:
+    """A :class:`SplitHead` for an eval-mode DeepMedic, or None if its norms or activations do not allow it."""
+    if net.training:
+        return None
+    fc = [*net.fc, net.classifier]
+    for layer in fc:
+        if _affine(layer.norm, layer.conv.in_channels) is None or _activation(layer.act) is None:
+            return None
+        if layer.conv.kernel_size != (1, 1, 1):
+            return None
+    channels = [p.out_channels for p in net.pathways]
+    return SplitHead(net, channels)
