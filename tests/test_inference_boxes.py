@@ -119,3 +119,28 @@ def test_split_head_equals_the_network_head(preset):
     assert want.std() > 0.05
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     assert split_head(net.train()) is None          # training mode: batch statistics, no folding
+
+
+def test_folded_pathway_equals_the_pathway():
+    import torch
+    from torch import nn
+
+    from livseg_pipeline.experiment_planning.plans import load_preset
+    from livseg_pipeline.network.deepmedic import DeepMedic
+    from livseg_pipeline.network.split_head import fold_pathway_norms
+
+    torch.manual_seed(1)
+    net = DeepMedic.from_plans(load_preset("paper")).eval()
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm3d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.2, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.3, 0.3)
+    folded = fold_pathway_norms(net.pathways[0])
+    assert sum(isinstance(layer.norm, nn.Identity) for layer in folded.layers) == 1 + 5   # first + folded
+    assert not any(isinstance(layer.norm, nn.Identity) for layer in net.pathways[0].layers[1:])  # original kept
+    x = torch.randn(1, 1, 26, 27, 28)
+    with torch.inference_mode():
+        torch.testing.assert_close(folded(x), net.pathways[0](x), atol=2e-5, rtol=1e-4)

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from livseg_pipeline.inference.cover import Box, box_cost, cover_cells
-from livseg_pipeline.network.split_head import split_head
+from livseg_pipeline.network.split_head import fold_pathway_norms, split_head
 from livseg_pipeline.preprocessing.context import context_volumes
 
 Start = tuple[int, int, int]
@@ -94,6 +94,9 @@ class BoxRunner:
         # coarse pathways: features for every coarse index j = fine position // f of the padded volume
         self.coarse: list[list[torch.Tensor]] = [[] for _ in self.networks]
         self.heads = [None if self.dry_run else split_head(net) for net in self.networks]
+        # the fine pathway runs on every box: fold what batch norms it can into its convolutions
+        self.fine_paths = [fold_pathway_norms(net.pathways[0]) if head is not None else None
+                           for net, head in zip(self.networks, self.heads)]
         self.coarse_terms: list[list[tuple[int, torch.Tensor]]] = [[] for _ in self.networks]
         with torch.inference_mode():
             for k, (f, vol) in enumerate(zip(self.factors, contexts)):
@@ -132,8 +135,13 @@ class BoxRunner:
         dz, dy, dx = (int(v) for v in size)
         x1 = torch.from_numpy(np.ascontiguousarray(self.fine[z: z + dz + 2 * R, y: y + dy + 2 * R,
                                                              x: x + dx + 2 * R]))[None, None].to(self.device)
-        fine = net.pathway(0, x1)
         head = self.heads[net_index]
+        if self.fine_paths[net_index] is not None:
+            if getattr(net, "channels_last", False):
+                x1 = x1.to(memory_format=torch.channels_last_3d)
+            fine = self.fine_paths[net_index](x1)
+        else:
+            fine = net.pathway(0, x1)
         if head is not None:
             fc1 = head.term(0, fine)
             for f, term in self.coarse_terms[net_index]:

@@ -17,6 +17,7 @@ the box); :func:`split_head` returns None otherwise.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -130,3 +131,25 @@ def split_head(net) -> SplitHead | None:
             return None
     channels = [p.out_channels for p in net.pathways]
     return SplitHead(net, channels)
+
+
+def fold_pathway_norms(pathway: nn.Module) -> nn.Module:
+    """An eval-mode copy of a DeepMedic pathway with each batch norm folded into the convolution in
+    front of it wherever nothing else reads that convolution's output (not a residual sum, not a
+    residual source): 5 of the 9 norms of the paper's pathway. Same outputs to float rounding."""
+    p = copy.deepcopy(pathway).eval()
+    skips = {k - 2 for k in p.residual_layers}
+    for k in range(len(p.layers) - 1):
+        if k in p.residual_layers or k in skips:
+            continue
+        nxt = p.layers[k + 1]
+        aff = _affine(nxt.norm, nxt.conv.in_channels)
+        if aff is None or isinstance(nxt.norm, nn.Identity):
+            continue
+        a, c = aff
+        conv = p.layers[k].conv
+        with torch.no_grad():
+            conv.weight.mul_(a.view(-1, 1, 1, 1, 1))
+            conv.bias.copy_(conv.bias * a + c)
+        nxt.norm = nn.Identity()
+    return p
