@@ -63,6 +63,11 @@ def _crop_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
 def _add_residual(out: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
     skip = _crop_to(skip, out.shape[2:])
     c = skip.shape[1]
+    if not torch.is_grad_enabled():
+        # inference: ``out`` is a fresh convolution output nothing else holds; adding in place saves
+        # a full-size copy (and the concatenation below) on large boxes
+        out[:, :c] += skip
+        return out
     if c == out.shape[1]:
         return out + skip
     # more features in the deeper layer: the skip feeds the first channels (zero padding, DeepMedic)
