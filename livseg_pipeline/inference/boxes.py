@@ -43,6 +43,20 @@ def layer_costs(network: torch.nn.Module) -> tuple[list[float], float]:
     return per_layer, head
 
 
+def _add_repeated(out: torch.Tensor, coarse: torch.Tensor, start: Sequence[int], f: int) -> None:
+    """``out[i] += coarse[(start + i) // f]`` per axis for ``out`` ``(D, H, W, C)`` (nearest repetition)."""
+    d = out.shape[:3]
+    if all(s % f == 0 and n % f == 0 for s, n in zip(start, d)):
+        # aligned box: a broadcast over a 6D view, no gather (the cells of growth and dense are aligned)
+        z, y, x = (s // f for s in start)
+        c = coarse[z: z + d[0] // f, y: y + d[1] // f, x: x + d[2] // f]
+        out.view(d[0] // f, f, d[1] // f, f, d[2] // f, f, -1).add_(c[:, None, :, None, :, None, :])
+        return
+    idx = [torch.div(torch.arange(s, s + n, device=coarse.device), f, rounding_mode="floor")
+           for s, n in zip(start, d)]
+    out += coarse.index_select(0, idx[0]).index_select(1, idx[1]).index_select(2, idx[2])
+
+
 def _merge_terms(terms: list[tuple[int, torch.Tensor]]) -> list[tuple[int, torch.Tensor]]:
     """Add each coarse term onto the grid of a finer one it nests in (x15 onto x5: one look-up per
     voxel instead of two)."""
@@ -145,9 +159,7 @@ class BoxRunner:
         if head is not None:
             fc1 = head.term(0, fine)
             for f, term in self.coarse_terms[net_index]:
-                idx = [torch.div(torch.arange(v, v + d, device=term.device), f, rounding_mode="floor")
-                       for v, d in zip((z, y, x), (dz, dy, dx))]
-                fc1 += term.index_select(0, idx[0]).index_select(1, idx[1]).index_select(2, idx[2])
+                _add_repeated(fc1, term, (z, y, x), f)
             return torch.sigmoid(head.finish(fc1).float()).cpu().numpy()
         feats = [fine]
         for f, coarse in zip(self.factors[1:], self.coarse[net_index]):
