@@ -117,11 +117,14 @@ def predict_grow(networks: torch.nn.Module | Sequence[torch.nn.Module], image: n
                  device: torch.device | str = "cpu", segment_size: int | None = None, batch_size: int | None = None,
                  body_mask: np.ndarray | None = None, threshold: float = 0.5, grow_fraction: float = 0.5,
                  face_depth: int = 2, num_seeds: int = 2, max_seeds: int = 8, min_liver_ml: float = 150.0,
+                 max_fraction: float = 0.4,
                  progress=None, stand_in_probabilities: np.ndarray | None = None, engine: str = "boxes",
                  dry_run: bool = False) -> GrowResult:
     """Probabilities of the segments connected to the liver (see the module docstring).
 
-    ``grow_threshold = grow_fraction * threshold``. Returns the runner (``runner.result()`` = mean
+    ``grow_threshold = grow_fraction * threshold``. Once the evaluated cells would pass
+    ``max_fraction`` of the candidates, every remaining candidate is evaluated at once (one cover of
+    large boxes costs less than more thin waves). Returns the runner (``runner.result()`` = mean
     probability, ``runner.member_results()`` = per network) and counts.
 
     ``stand_in_probabilities`` (benchmarks only) replaces each evaluated segment's output by this
@@ -146,6 +149,10 @@ def predict_grow(networks: torch.nn.Module | Sequence[torch.nn.Module], image: n
         fake[tuple(slice(0, n) for n in stand_in_probabilities.shape)] = stand_in_probabilities
 
     def evaluate(batch: list[Start]) -> Sequence[Start]:
+        if len(runner.done) + len(batch) > max_fraction * len(candidates):
+            # growth has spread over much of the body (a weak model, a small volume): computing
+            # everything left in one cover is cheaper than more waves; the result is the same
+            batch = list(candidates)
         done = runner.run(batch, progress)
         if fake is not None:
             for m in runner.members:
