@@ -10,6 +10,11 @@ output voxel for a network that needs 1.0 once the halo is shared. Two facts rem
 * the fine pathway and the 1x1x1 layers are translation-equivariant, so they can run on a box of any
   shape and position (output ``d`` voxels from ``d + 2R`` input voxels), not only on 15-multiples.
 
+Per box, the 1x1x1 head runs split by pathway (:mod:`livseg_pipeline.network.split_head`: the coarse
+pathways' share of FC1 is computed once per volume and broadcast onto the box, the later batch norms
+are folded), the fine pathway runs with 5 of its 9 batch norms folded into its convolutions, and every
+convolution runs on oneDNN.
+
 :class:`BoxRunner` keeps the interface of ``SegmentPredictor`` (``run``, ``segment_mean``,
 ``result``, ``member_results``, ``done``, ``members``) over a grid of cells of any size: ``run``
 covers the requested cells with a few large boxes (:func:`livseg_pipeline.inference.cover.cover_cells`,
