@@ -134,6 +134,22 @@ def case_weights(cases: list[str], groups: dict[str, str]) -> dict[str, float]:
     return {c: 1.0 / size[gid[c]] for c in cases}
 
 
+def one_per_group(cases: list[str], groups: dict[str, str]) -> list[str]:
+    """The first case of each duplicate group, in the given order.
+
+    >>> one_per_group(["a", "b", "c"], {"a": "g", "b": "g"})
+    ['a', 'c']
+    """
+    seen: set[str] = set()
+    out = []
+    for c in cases:
+        g = groups.get(c, f"case:{c}")
+        if g not in seen:
+            seen.add(g)
+            out.append(c)
+    return out
+
+
 @dataclass
 class TrainingCase:
     """One case in memory, ready for segment sampling."""

@@ -40,6 +40,7 @@ from livseg_pipeline.training.data import (
     load_folder_plans,
     load_splits,
     load_training_cases,
+    one_per_group,
     plans_folder,
     plans_json,
     preprocessed_cases,
@@ -162,20 +163,32 @@ class Trainer:
         train_ids, val_ids = fold_cases(splits, self.cfg.fold, available, where=str(self.folder.parent))
         if not train_ids:
             raise TrainingDataError(f"{self.folder.parent}: fold {self.cfg.fold} has no training cases")
-        weights = case_weights(train_ids, duplicate_groups(self.cfg.dataset))
+        groups = duplicate_groups(self.cfg.dataset)
+        weights = case_weights(train_ids, groups)
         n_groups = round(sum(weights.values()))
         self._log(f"fold {self.cfg.fold}: {len(train_ids)} training cases ({n_groups} after weighting duplicate "
                   f"groups once), {len(val_ids)} validation cases")
         show = self.cfg.progress and self.dist.is_main
         cases = load_training_cases(self.folder, train_ids, self.plans, weights, seed=self.seed, progress=show)
         val = load_validation_cases(self.folder, val_ids, self.plans) if self.dist.is_main else []
+        # the DSC that picks the best checkpoint counts each duplicate group once (as training weights
+        # it): predicting the same scan twice only costs time (a third of the cpu_demo validation)
+        keep = set(one_per_group([c.case_id for c in val], groups))
+        self.val_unique = [c for c in val if c.case_id in keep]
+        if len(self.val_unique) < len(val):
+            self._log(f"validation DSC during training on {len(self.val_unique)} of {len(val)} validation cases "
+                      f"(one per duplicate group)")
         return cases, val
 
     def _validate(self) -> float:
         """Mean full-volume DSC on rank 0, broadcast to every rank."""
         dsc = math.nan
         if self.dist.is_main and self.val_cases:
-            per_case = validate(self.net, self.val_cases, self.plans, self.device, self.amp)
+            if self.device.type == "cpu":
+                # the loader workers idle while rank 0 validates: give the dense inference every core
+                # (_train_epoch sets the training thread count again)
+                torch.set_num_threads(available_threads())
+            per_case = validate(self.net, self.val_unique, self.plans, self.device, self.amp)
             dsc = float(sum(per_case.values()) / len(per_case))
         ddp.barrier(self.dist)
         return ddp.broadcast_float(dsc, self.dist)
