@@ -144,3 +144,17 @@ def test_folded_pathway_equals_the_pathway():
     x = torch.randn(1, 1, 26, 27, 28)
     with torch.inference_mode():
         torch.testing.assert_close(folded(x), net.pathways[0](x), atol=2e-5, rtol=1e-4)
+
+
+def test_cells_computed_before_are_not_rewritten(plans, volume, nets):
+    """A later cover may span cells computed earlier; their values stay as they were (growth
+    benchmarks replace them by a stand-in map)."""
+    runner = BoxRunner(nets[:1], volume, plans, "cpu", cell_size=5)
+    runner.run([(10, 10, 10)])
+    runner.members[0][10:15, 10:15, 10:15] = 7.0
+    # two cells either side: one box over the three is cheaper than two boxes
+    runner.run([(10, 10, 5), (10, 10, 15)])
+    assert any(size[2] >= 15 for _, size in runner.boxes[1:])
+    assert (runner.members[0][10:15, 10:15, 10:15] == 7.0).all()
+    fresh = runner.members[0][10:15, 10:15, 5:10]
+    assert (fresh <= 1.0).all() and (fresh > 0.0).all()

@@ -184,9 +184,19 @@ class BoxRunner:
         with torch.inference_mode():
             for start, size in boxes:
                 sl = tuple(slice(s, s + d) for s, d in zip(start, size))
+                cells = tuple(slice(s // C, (s + d) // C) for s, d in zip(start, size))
+                # a box may span cells computed before (a cheaper cover): their values are kept, so
+                # every cell is written once (the same numbers; and a caller may have replaced them)
+                old = self.computed[cells]
+                keep = None
+                if old.any():
+                    keep = np.repeat(np.repeat(np.repeat(old, C, 0), C, 1), C, 2)
                 for i, out in enumerate(self.members):
-                    out[sl] = self._box_probabilities(i, start, size)
-                self.computed[tuple(slice(s // C, (s + d) // C) for s, d in zip(start, size))] = True
+                    prob = self._box_probabilities(i, start, size)
+                    if keep is not None:
+                        prob[keep] = out[sl][keep]
+                    out[sl] = prob
+                self.computed[cells] = True
                 self.boxes.append((tuple(start), tuple(size)))  # type: ignore[arg-type]
                 if progress is not None:
                     progress.update(int(np.prod(size)) // C ** 3)
