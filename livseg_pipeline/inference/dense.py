@@ -198,14 +198,17 @@ def predict_preprocessed(network: torch.nn.Module, image: np.ndarray, plans, dev
                          body_mask: np.ndarray | None = None, progress=None, engine: str = "boxes") -> np.ndarray:
     """Sigmoid liver probabilities (float32, same shape as ``image``) by dense inference.
 
-    ``image`` is a preprocessed fine volume ``(z, y, x)``; ``segment_size`` / ``batch_size`` default
-    to ``plans.inference``. With ``body_mask`` (bool, same shape), segments holding no body voxel are
-    skipped and get probability 0.
+    ``image`` is a preprocessed fine volume ``(z, y, x)``; ``segment_size`` (the skipping cell)
+    defaults to 15 for the box engine and to ``plans.inference.segment_size_out`` for the segment
+    engine, ``batch_size`` to ``plans.inference``. With ``body_mask`` (bool, same shape), cells
+    holding no body voxel are skipped and get probability 0.
     """
     image = np.asarray(image)
     if image.ndim != 3:
         raise ValueError(f"expected a 3D preprocessed volume, got shape {image.shape}")
-    S = int(segment_size or plans.inference.segment_size_out)
+    from livseg_pipeline.inference.boxes import BOX_CELL_SIZE
+
+    S = int(segment_size or (BOX_CELL_SIZE if engine == "boxes" else plans.inference.segment_size_out))
     B = int(batch_size or plans.inference.batch_size)
     threads = torch.get_num_threads()
     try:
