@@ -90,18 +90,12 @@ def test_layer_costs_match_the_network(plans, nets):
     assert head > 0
 
 
-@pytest.mark.parametrize("preset", ["cpu_demo", "paper"])
-def test_split_head_equals_the_network_head(preset):
-    """FC1 split by pathway with the later batch norms folded gives the network's own logits."""
+def _trained_looking(net, seed: int):
+    """Batch norms with non-trivial statistics and affine parameters, PReLU slopes in [0, 0.5]."""
     import torch
     from torch import nn
 
-    from livseg_pipeline.experiment_planning.plans import load_preset
-    from livseg_pipeline.network.deepmedic import DeepMedic
-    from livseg_pipeline.network.split_head import split_head
-
-    torch.manual_seed(0)
-    net = DeepMedic.from_plans(load_preset(preset)).eval()
+    torch.manual_seed(seed)
     with torch.no_grad():
         for m in net.modules():
             if isinstance(m, nn.BatchNorm3d):
@@ -111,6 +105,19 @@ def test_split_head_equals_the_network_head(preset):
                 m.bias.uniform_(-0.3, 0.3)
             if isinstance(m, nn.PReLU):
                 m.weight.uniform_(0.0, 0.5)
+    return net.eval()
+
+
+@pytest.mark.parametrize("preset", ["cpu_demo", "paper"])
+def test_split_head_equals_the_network_head(preset):
+    """FC1 split by pathway with the later batch norms folded gives the network's own logits."""
+    import torch
+
+    from livseg_pipeline.experiment_planning.plans import load_preset
+    from livseg_pipeline.network.deepmedic import DeepMedic
+    from livseg_pipeline.network.split_head import split_head
+
+    net = _trained_looking(DeepMedic.from_plans(load_preset(preset)), seed=0)
     head = split_head(net)
     feats = [torch.randn(1, p.out_channels, 6, 7, 8) for p in net.pathways]
     with torch.inference_mode():
@@ -129,15 +136,7 @@ def test_folded_pathway_equals_the_pathway():
     from livseg_pipeline.network.deepmedic import DeepMedic
     from livseg_pipeline.network.split_head import fold_pathway_norms
 
-    torch.manual_seed(1)
-    net = DeepMedic.from_plans(load_preset("paper")).eval()
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, nn.BatchNorm3d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.2, 2.0)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.3, 0.3)
+    net = _trained_looking(DeepMedic.from_plans(load_preset("paper")), seed=1)
     folded = fold_pathway_norms(net.pathways[0])
     assert sum(isinstance(layer.norm, nn.Identity) for layer in folded.layers) == 1 + 5   # first + folded
     assert not any(isinstance(layer.norm, nn.Identity) for layer in net.pathways[0].layers[1:])  # original kept

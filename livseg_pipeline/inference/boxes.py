@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from livseg_pipeline.inference.cover import Box, box_cost, cover_cells
+from livseg_pipeline.inference.dense import MemberResults
 from livseg_pipeline.network.split_head import fold_pathway_norms, split_head
 from livseg_pipeline.preprocessing.context import context_volumes
 
@@ -82,7 +83,7 @@ def _merge_terms(terms: list[tuple[int, torch.Tensor]]) -> list[tuple[int, torch
     return out
 
 
-class BoxRunner:
+class BoxRunner(MemberResults):
     """Probabilities of one preprocessed volume, computed on demand over cells of ``cell_size``."""
 
     def __init__(self, networks: torch.nn.Module | Sequence[torch.nn.Module], image: np.ndarray, plans,
@@ -235,21 +236,10 @@ class BoxRunner:
         """FLOPs of the fine pathway and head spent so far (the coarse pathways are not counted)."""
         return float(sum(self._cost(size) for _, size in self.boxes)) * len(self.networks)
 
-    def segment_mean(self, start: Start) -> np.ndarray:
-        """Mean probability of the members over one cell (a view when there is one member)."""
-        C = self.cell_size
-        z, y, x = start
-        parts = [m[z: z + C, y: y + C, x: x + C] for m in self.members]
-        return parts[0] if len(parts) == 1 else np.mean(parts, axis=0)
+    @property
+    def volume_shape(self) -> tuple[int, int, int]:
+        return self.shape
 
-    def _crop(self, a: np.ndarray) -> np.ndarray:
-        z, y, x = self.shape
-        return np.ascontiguousarray(a[:z, :y, :x])
-
-    def member_results(self) -> list[np.ndarray]:
-        return [self._crop(m) for m in self.members]
-
-    def result(self) -> np.ndarray:
-        if len(self.members) == 1:
-            return self._crop(self.members[0])
-        return self._crop(np.mean(self.members, axis=0, dtype=np.float32))
+    @property
+    def cell(self) -> int:
+        return self.cell_size

@@ -129,7 +129,37 @@ def prepare_network(network: torch.nn.Module, device: torch.device | str) -> tor
     return network.to(device).eval()
 
 
-class SegmentPredictor:
+class MemberResults:
+    """Result accessors of a runner holding one padded probability array per network (``members``),
+    the unpadded ``volume_shape`` and the ``cell`` (segment) size."""
+
+    members: list[np.ndarray]
+    volume_shape: tuple[int, int, int]
+    cell: int
+
+    def segment_mean(self, start: Start) -> np.ndarray:
+        """Mean probability of the members over one cell (a view when there is one member)."""
+        C = self.cell
+        z, y, x = start
+        parts = [m[z: z + C, y: y + C, x: x + C] for m in self.members]
+        return parts[0] if len(parts) == 1 else np.mean(parts, axis=0)
+
+    def _crop(self, a: np.ndarray) -> np.ndarray:
+        z, y, x = self.volume_shape
+        return np.ascontiguousarray(a[:z, :y, :x])
+
+    def member_results(self) -> list[np.ndarray]:
+        """Each network's probabilities on the (unpadded) volume."""
+        return [self._crop(m) for m in self.members]
+
+    def result(self) -> np.ndarray:
+        """Mean probability over the networks on the (unpadded) volume."""
+        if len(self.members) == 1:
+            return self._crop(self.members[0])
+        return self._crop(np.mean(self.members, axis=0, dtype=np.float32))
+
+
+class SegmentPredictor(MemberResults):
     """Runs one or several networks (fold ensemble) on batches of segments of one volume and keeps
     each network's probabilities (padded shape) plus the set of segments evaluated."""
 
@@ -164,26 +194,13 @@ class SegmentPredictor:
                     progress.update(len(chunk))
         return todo
 
-    def segment_mean(self, start: Start) -> np.ndarray:
-        """Mean probability of the members over one output segment (a view when there is one member)."""
-        S = self.source.segment_size
-        z, y, x = start
-        parts = [m[z: z + S, y: y + S, x: x + S] for m in self.members]
-        return parts[0] if len(parts) == 1 else np.mean(parts, axis=0)
+    @property
+    def volume_shape(self) -> tuple[int, int, int]:
+        return self.source.shape
 
-    def _crop(self, a: np.ndarray) -> np.ndarray:
-        z, y, x = self.source.shape
-        return np.ascontiguousarray(a[:z, :y, :x])
-
-    def member_results(self) -> list[np.ndarray]:
-        """Each network's probabilities on the (unpadded) volume."""
-        return [self._crop(m) for m in self.members]
-
-    def result(self) -> np.ndarray:
-        """Mean probability over the networks on the (unpadded) volume."""
-        if len(self.members) == 1:
-            return self._crop(self.members[0])
-        return self._crop(np.mean(self.members, axis=0, dtype=np.float32))
+    @property
+    def cell(self) -> int:
+        return self.source.segment_size
 
 
 def make_source(image: np.ndarray, plans, segment_size: int, radius: int = 10) -> SegmentSource:
