@@ -60,7 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluate every segment (reference for the skipping strategies; slow)")
     p.add_argument("--strategy", choices=STRATEGIES, default=None,
                    help="grow (default: only segments connected to the liver), body (every body segment), full")
-    p.add_argument("--segment-size", type=int, default=None, help="output segment edge (multiple of 15; default plans)")
+    p.add_argument("--segment-size", type=int, default=None,
+                   help="skipping cell edge (default 15; with --engine segments: the segment, a multiple of 15, "
+                        "default plans)")
+    p.add_argument("--engine", choices=("boxes", "segments"), default="boxes",
+                   help="boxes (default: coarse pathways once, cells merged into large boxes) or segments "
+                        "(the reference: one segment at a time; same probabilities, slower)")
     p.add_argument("--batch-size", type=int, default=None)
     g = p.add_argument_group("clinical outputs (livseg_pipeline.clinical)")
     g.add_argument("--output-type", nargs="+", default=["nifti"], choices=("nifti", "rtstruct", "dicomseg"),
@@ -183,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             model_dir, folds, args.checkpoint, args.device, threshold,
             postprocessing=False if args.no_postprocessing else None, strategy=strategy,
             segment_size=args.segment_size, batch_size=args.batch_size,
-            keep_members=_clinical_wanted(args))
+            keep_members=_clinical_wanted(args), engine=args.engine)
     except (ModelError, ValueError) as e:
         print(f"lvs_predict: {e}", file=sys.stderr)
         return 2
