@@ -39,9 +39,6 @@ Start = tuple[int, int, int]
 # paper network under ~0.6 GB on CPU; beyond, the shared halo gains little (cost per voxel 1.11 at
 # 60 x 80 x 80 against 1.05 at 120^3).
 DEFAULT_MAX_BOX_VOXELS = {"cpu": 400_000, "cuda": 2_000_000}
-# Cells of 15^3 follow the body and the liver closely and are covered by large boxes anyway
-# (IRCAD 1.1, paper network: body skip 7.1 TFLOP with 15^3 cells against 9.5 with 75^3).
-BOX_CELL_SIZE = 15
 
 
 def layer_costs(network: torch.nn.Module) -> tuple[list[float], float]:
@@ -118,7 +115,7 @@ class BoxRunner(MemberResults):
         self.coarse: list[list[torch.Tensor]] = [[] for _ in self.networks]
         self.heads = [None if self.dry_run else split_head(net) for net in self.networks]
         # the fine pathway runs on every box: fold what batch norms it can into its convolutions
-        self.fine_paths = [fold_pathway_norms(net.pathways[0]) if head is not None else None
+        self.fine_paths = [fold_pathway_norms(net.pathways[0]) if head is not None else net.pathways[0]
                            for net, head in zip(self.networks, self.heads)]
         self.coarse_terms: list[list[tuple[int, torch.Tensor]]] = [[] for _ in self.networks]
         with torch.inference_mode():
@@ -159,12 +156,7 @@ class BoxRunner(MemberResults):
         x1 = torch.from_numpy(np.ascontiguousarray(self.fine[z: z + dz + 2 * R, y: y + dy + 2 * R,
                                                              x: x + dx + 2 * R]))[None, None].to(self.device)
         head = self.heads[net_index]
-        if self.fine_paths[net_index] is not None:
-            if getattr(net, "channels_last", False):
-                x1 = x1.to(memory_format=torch.channels_last_3d)
-            fine = self.fine_paths[net_index](x1)
-        else:
-            fine = net.pathway(0, x1)
+        fine = self.fine_paths[net_index](net.input_layout(x1))
         if head is not None:
             fc1 = head.term(0, fine)
             for f, term in self.coarse_terms[net_index]:
@@ -228,10 +220,6 @@ class BoxRunner(MemberResults):
         return todo
 
     # -- results ---------------------------------------------------------------------------------
-    @property
-    def segment_size(self) -> int:
-        return self.cell_size
-
     def flops(self) -> float:
         """FLOPs of the fine pathway and head spent so far (the coarse pathways are not counted)."""
         return float(sum(self._cost(size) for _, size in self.boxes)) * len(self.networks)

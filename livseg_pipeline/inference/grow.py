@@ -31,6 +31,7 @@ from livseg_pipeline.inference.dense import (
     SegmentPredictor,
     Start,
     candidate_segments,
+    default_cell_size,
     make_runner,
     padded_shape,
 )
@@ -132,7 +133,7 @@ def predict_grow(networks: torch.nn.Module | Sequence[torch.nn.Module], image: n
     exactly the segments a trained one would visit.
     """
     image = np.asarray(image)
-    S = int(segment_size or plans.inference.segment_size_out)
+    S = int(segment_size or default_cell_size(plans, engine, "grow"))
     # 0: whole waves at once (see grow_region)
     B = int(plans.inference.batch_size if batch_size is None else batch_size)
     runner = make_runner(networks, image, plans, device, S, max(1, B), engine, dry_run)

@@ -22,8 +22,7 @@ import numpy as np
 import torch
 
 from livseg_pipeline.experiment_planning.plans import Plans, preprocessing_hash
-from livseg_pipeline.inference.boxes import BOX_CELL_SIZE
-from livseg_pipeline.inference.dense import candidate_segments, make_runner
+from livseg_pipeline.inference.dense import candidate_segments, default_cell_size, make_runner
 from livseg_pipeline.inference.grow import predict_grow
 from livseg_pipeline.inference.postprocessing import MODES, PostprocessingResult, postprocess, threshold_only
 from livseg_pipeline.io.image_io import Image
@@ -32,12 +31,8 @@ from livseg_pipeline.utils.files import load_json
 
 INFERENCE_CONFIG = "inference_config.json"
 STRATEGIES = ("grow", "body", "full")
-# The box engine skips and grows by cells of 15^3 and computes each wave of cells as a few large
-# boxes (batch 0 = whole waves). On IRCAD 1.1 with the paper network: growth on 15^3 cells needs
-# 2.7 TFLOP against 3.0 (30^3 cells) and 3.2 (10^3), the body skip 7.1 against 9.5 (75^3 cells);
-# the old one-segment-at-a-time growth on 30^3 segments (engine "segments", batch 4) needed 3.7.
-GROW_SEGMENT_SIZE, GROW_BATCH_SIZE = 15, 0
-SEGMENTS_GROW_SIZE, SEGMENTS_GROW_BATCH = 30, 4
+# Batches: the box engine grows in whole waves (0), the segment engine four segments at a time.
+GROW_BATCH_SIZE, SEGMENTS_GROW_BATCH = 0, 4
 
 
 class ModelError(ValueError):
@@ -210,12 +205,10 @@ class Predictor:
         self.postprocessing_mode = postprocessing_mode
         self.strategy = strategy
         if engine == "boxes":
-            default_size = BOX_CELL_SIZE
             default_batch = GROW_BATCH_SIZE if strategy == "grow" else 1
         else:
-            default_size = SEGMENTS_GROW_SIZE if strategy == "grow" else plans.inference.segment_size_out
             default_batch = SEGMENTS_GROW_BATCH if strategy == "grow" else plans.inference.batch_size
-        self.segment_size = int(segment_size or default_size)
+        self.segment_size = int(segment_size or default_cell_size(plans, engine, strategy))
         self.batch_size = int(batch_size or default_batch)
         self.keep_members = keep_members
         self.grow_options = dict(grow_options or {})

@@ -186,14 +186,18 @@ class DeepMedic(nn.Module):
         """Input cube edge per pathway for an output cube of ``output_size`` (a multiple of every factor)."""
         return pathway_input_sizes(output_size, self.factors, self.radius)
 
-    def pathway(self, k: int, x: torch.Tensor) -> torch.Tensor:
-        """Output of pathway ``k`` (pre-activation features at its own resolution) for input ``x``;
-        valid convolutions, so any input size works: ``n`` voxels in, ``n - 2 * radius`` out."""
+    def input_layout(self, x: torch.Tensor) -> torch.Tensor:
+        """A pathway input in the memory layout the network runs in."""
         if self.channels_last:
             # .to() restrides even a 1-channel tensor (``contiguous`` would not), and the input's
             # strides decide the layout every following layer runs in
             x = x.to(memory_format=torch.channels_last_3d)
-        return self.pathways[k](x)
+        return x
+
+    def pathway(self, k: int, x: torch.Tensor) -> torch.Tensor:
+        """Output of pathway ``k`` (pre-activation features at its own resolution) for input ``x``;
+        valid convolutions, so any input size works: ``n`` voxels in, ``n - 2 * radius`` out."""
+        return self.pathways[k](self.input_layout(x))
 
     def head(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         """Logits from the pathway features, all already on the fine output grid."""

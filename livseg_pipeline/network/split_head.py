@@ -96,14 +96,6 @@ class SplitHead:
             w = layer.conv.weight.detach()[:, :, 0, 0, 0].t().contiguous()
             self.rest.append(_Layer(w, layer.conv.bias.detach().clone(), _activation(layer.act)))
 
-    def to(self, device) -> SplitHead:
-        mv = lambda t: t.to(device)  # noqa: E731
-        self.pre_scale, self.pre_shift = [mv(t) for t in self.pre_scale], [mv(t) for t in self.pre_shift]
-        self.w1, self.b1 = [mv(t) for t in self.w1], mv(self.b1)
-        for layer in self.rest:
-            layer.weight, layer.bias = mv(layer.weight), mv(layer.bias)
-        return self
-
     def term(self, k: int, features: torch.Tensor) -> torch.Tensor:
         """Pathway ``k``'s share of FC1 for features ``(1, C_k, D, H, W)``: ``(D, H, W, out)``."""
         shape = features.shape[2:]
