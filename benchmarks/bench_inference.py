@@ -81,8 +81,11 @@ def child(args) -> None:
     from livseg_pipeline.inference.dense import available_threads
     from livseg_pipeline.inference.predictor import Predictor
     from livseg_pipeline.io.image_io import read_image, write_image
+    from livseg_pipeline.utils.memory import keep_freed_memory
 
     torch.set_num_threads(available_threads())
+    if not args.default_malloc:
+        keep_freed_memory()  # as lvs_predict does
     t0 = time.perf_counter()
     folds = list(range(args.folds))
     grow_options = {}
@@ -111,7 +114,7 @@ def child(args) -> None:
                                    "write": round(t_write, 2)},
                       "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2, 2),
                       "inference": p.inference, "liver_ml": round(p.liver_volume_ml, 1),
-                      "threads": torch.get_num_threads()}), flush=True)
+                      "threads": torch.get_num_threads(), "default_malloc": args.default_malloc}), flush=True)
 
 
 def count_only(ct_dir: Path, stand_in_path: Path) -> list[dict]:
@@ -120,13 +123,16 @@ def count_only(ct_dir: Path, stand_in_path: Path) -> list[dict]:
 
     from livseg_pipeline.experiment_planning.plans import load_preset
     from livseg_pipeline.inference.dense import candidate_segments, padded_shape, segment_grid
-    from livseg_pipeline.inference.grow import grow_region, seed_order
-    from livseg_pipeline.io.image_io import read_image
+    from livseg_pipeline.inference.grow import exact_face_depth, grow_region, seed_order
+    from livseg_pipeline.io.image_io import Geometry, read_image
     from livseg_pipeline.network.deepmedic import DeepMedic, flops_per_output_voxel
     from livseg_pipeline.preprocessing.preprocessor import preprocess_case, preprocessed_body_mask
 
     plans = load_preset("paper")
-    img = preprocess_case(read_image(ct_dir), None, plans)[0]["image"]
+    arrays, props = preprocess_case(read_image(ct_dir), None, plans)
+    img = arrays["image"]
+    # the predictor's growth: exact for the mask thresholded on the original grid
+    depth = exact_face_depth(Geometry.from_dict(props["original"]), Geometry.from_dict(props["preprocessed"]))
     oracle = np.load(stand_in_path)
     body = preprocessed_body_mask(img, plans, dilate_mm=5.0)
     net = DeepMedic.from_plans(plans)
@@ -152,8 +158,10 @@ def count_only(ct_dir: Path, stand_in_path: Path) -> list[dict]:
     from livseg_pipeline.inference.grow import predict_grow
 
     for C in (10, 15, 20, 30):
-        res = predict_grow(net, img, plans, "cpu", C, 0, body_mask=body, stand_in_probabilities=oracle, dry_run=True)
-        rows.append({"engine": "boxes", "strategy": "grow", "cell_size": C, "cells": len(res.runner.done),
+        res = predict_grow(net, img, plans, "cpu", C, 0, body_mask=body, stand_in_probabilities=oracle,
+                           face_depth=depth, dry_run=True)
+        rows.append({"engine": "boxes", "strategy": "grow", "cell_size": C, "face_depth": depth,
+                     "cells": len(res.runner.done),
                      "boxes": len(res.runner.boxes), "tflop": round(res.runner.flops() / 1e12, 2)})
     for C in (15, 45):
         runner = make_runner(net, img, plans, "cpu", C, dry_run=True)
@@ -217,6 +225,8 @@ def main() -> int:
                     help="only time single forward passes, e.g. 30x4 45x1 75x1 105x1 75x1cl 75x1nomkl")
     ap.add_argument("--threads", type=int, nargs="+", default=[2], help="thread counts for --throughput")
     ap.add_argument("--json", help="write all results here")
+    ap.add_argument("--default-malloc", action="store_true",
+                    help="leave glibc's allocator as it is (lvs_predict keeps freed memory for reuse)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--strategy", help=argparse.SUPPRESS)
     ap.add_argument("--folds", type=int, default=1, help=argparse.SUPPRESS)
@@ -262,6 +272,8 @@ def main() -> int:
                        "--segment-size", str(args.segment_size), "--engine", rest[0] if rest else "boxes"]
                 if not args.trained:
                     cmd += ["--stand-in", str(stand_in)]
+                if args.default_malloc:
+                    cmd.append("--default-malloc")
                 print(f"running {run} ...", file=sys.stderr, flush=True)
                 proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
                 if proc.returncode != 0:

@@ -4,8 +4,11 @@ structures across faces, edges and corners, and never visits what is not connect
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
 
-from livseg_pipeline.inference.grow import grow_region
+from livseg_pipeline.inference.grow import exact_face_depth, grow_region
+from livseg_pipeline.io.image_io import Geometry
+from livseg_pipeline.preprocessing.resampling import resample
 
 
 def run(prob: np.ndarray, seeds, S: int = 10, level: float = 0.25):
@@ -37,3 +40,53 @@ def test_growth_stays_inside_the_structure_and_allowed_segments():
     visited = run(p, [(10, 0, 0)])
     assert visited == {(0, 0, 0), (10, 0, 0), (20, 0, 0), (0, 10, 0), (10, 10, 0), (20, 10, 0)}
     assert run(p * 0.2, [(10, 0, 0)]) == {(10, 0, 0)}   # below the growth level: no growth
+
+
+def _component_on_original(prob: np.ndarray, pre: Geometry, orig: Geometry, shape, seed_zyx) -> np.ndarray:
+    """What the predictor keeps: the 26-connected part of ``resample(p) >= 0.5`` (original grid)
+    holding ``seed_zyx``."""
+    on_orig = resample(prob, pre, orig, shape, "linear")
+    labels, _ = ndimage.label(on_orig >= 0.5, np.ones((3, 3, 3)))
+    assert labels[seed_zyx] > 0
+    return labels == labels[seed_zyx]
+
+
+def test_exact_face_depth_follows_a_gap_that_the_coarse_original_grid_bridges():
+    # preprocessed 1.4 mm: a liver in cell z 0-14, then ONE voxel layer (z = 14, the cell's outer
+    # layer) below the threshold, then an organ in the next cell. The original grid has 1.6 mm slices
+    # whose z positions straddle the gap (13.4 and 14.54 in preprocessed voxels): resampled, both are
+    # >= 0.5, so on the original grid the organ is joined to the liver.
+    S = 15
+    p = np.zeros((45, S, S), np.float32)
+    p[2:14, 2:13, 2:13] = 1.0
+    p[15:40, 2:13, 2:13] = 1.0
+    pre = Geometry((1.4, 1.4, 1.4))
+    orig = Geometry((0.7, 0.7, 1.6), origin=(0.0, 0.0, 1.4 * (13.4 - 11 * 1.6 / 1.4)))
+    shape = (36, 30, 30)
+    seed = (4, 15, 15)       # original z 4 lies at preprocessed z ~5.4: inside the liver
+    full = _component_on_original(p, pre, orig, shape, seed)
+    assert full[25].any()    # the organ (original z 25 ~ preprocessed 29) is in the liver's component
+
+    def grown(depth) -> np.ndarray:
+        grid = {(z, 0, 0) for z in range(0, 45, S)}
+        seen = grow_region(lambda b: b, lambda s: p[s[0]: s[0] + S], [(0, 0, 0)], grid, S, 0, 0.5,
+                           face_depth=depth)
+        q = np.zeros_like(p)
+        for z, _, _ in seen:
+            q[z: z + S] = p[z: z + S]
+        return _component_on_original(q, pre, orig, shape, seed)
+
+    depth = exact_face_depth(orig, pre)
+    assert depth == (3, 2, 2)
+    np.testing.assert_array_equal(grown(depth), full)
+    # judging only the outer layer (exact on the preprocessed grid itself) misses the bridged organ
+    assert not grown(1)[25].any()
+
+
+def test_exact_face_depth_of_oblique_and_equal_grids():
+    iso = Geometry((1.4, 1.4, 1.4))
+    assert exact_face_depth(iso, iso) == (2, 2, 2)      # a stencil voxel on each side of the step
+    c, s = np.cos(np.pi / 6), np.sin(np.pi / 6)
+    tilted = Geometry((1.4, 1.4, 1.4), direction=(c, -s, 0.0, s, c, 0.0, 0.0, 0.0, 1.0))
+    # a step along a tilted axis moves along both x and y: (cos + sin) = 1.37 voxels
+    assert exact_face_depth(tilted, iso) == (2, 3, 3)

@@ -91,12 +91,12 @@ def test_grow_falls_back_when_no_liver(liver_net, inf_plans):
 
 @pytest.mark.timeout(120)
 def test_grow_ends_when_growth_reaches_every_seed_without_liver(liver_net, inf_plans):
-    # p ~ 0.35 over the whole body: above the growth level (0.25), below the threshold (0.5), so the
+    # p ~ 0.35 over the whole body: above a growth level of 0.25, below the threshold (0.5), so the
     # first growth swallows every ranked seed and finds no liver; it used to loop for ever here
     img, _ = phantom_ct(shape=(20, 40, 40), spacing=(3.0, 3.0, 3.0), island=False)
     arr = img.array.copy()
     arr[arr > -500] = 72
-    pred = Predictor(liver_net, inf_plans).predict_image(img.with_array(arr))
+    pred = Predictor(liver_net, inf_plans, grow_options={"grow_fraction": 0.5}).predict_image(img.with_array(arr))
     assert pred.inference["fell_back_to_dense"]
     assert pred.liver_volume_ml < 5
 

@@ -30,6 +30,7 @@ from livseg_pipeline.inference.predictor import (
 )
 from livseg_pipeline.io.image_io import IMAGE_SUFFIXES, ImageReadError, has_image_suffix, read_image, write_image
 from livseg_pipeline.utils.files import save_npz_atomic
+from livseg_pipeline.utils.memory import keep_freed_memory
 
 OUTPUT_FORMATS = ("nii.gz", "nii", "mha", "nrrd", "same")
 
@@ -180,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads or available_threads())
+    # layer outputs of hundreds of MB: reuse freed memory instead of page-faulting fresh mappings
+    keep_freed_memory()
     strategy = "full" if args.full_dense else (args.strategy or "grow")
     try:
         model_dir = find_model_dir(args.model, args.dataset, args.plans)

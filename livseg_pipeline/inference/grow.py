@@ -7,20 +7,29 @@ need not be evaluated. Growing finds every such path:
 1. seeds: the body segments with the most liver-like voxels (soft tissue HU on the patient's right),
    best first, two at a time (up to eight if the first ones find no liver);
 2. after a segment is evaluated, each of its six faces (the outer ``face_depth`` voxel layers), twelve
-   edges and eight corners is looked at; if any voxel there has ``p >= grow_threshold`` (a fraction
-   of the decision threshold), the neighbouring segment across it is queued;
-3. the queue is worked off in batches until empty.
+   edges and eight corners is looked at; if any voxel there has ``p >= threshold``, the neighbouring
+   segment across it is queued;
+3. the queue is worked off (whole waves for the box engine) until empty.
 
-The result is identical to dense inference (with the same body skip) on every segment connected to
-the seeds through ``p >= grow_threshold``; all other segments are left at probability 0. If the grown
-region holds less than ``min_liver_ml`` of ``p >= threshold`` (a seed missed the liver, or no liver in
-the scan), every remaining body segment is evaluated: the result then equals dense inference exactly.
-With several networks (a fold ensemble) the faces are judged on the members' mean, so the growth
-is exact for the ensemble's probability map.
+Why this is exact: the liver's component ``K`` of ``p >= t``, computed with the unevaluated voxels
+at 0, is also a component of the true map if no voxel next to ``K`` is unevaluated (every voxel
+next to ``K`` then has its true value, and is in ``K`` or below ``t``). On the preprocessed grid
+that needs one layer (``face_depth`` 1, the default). The predictor thresholds on the ORIGINAL grid
+after linear resampling, where a gap of one preprocessed voxel below ``t`` can be bridged (slices
+thicker than the preprocessed spacing); :func:`exact_face_depth` gives the layers that cover it
+(3, 2, 2 for IRCAD 1.1), and the predictor passes them. The one residual risk is global: a false
+positive region larger than the liver and not connected to it would be kept by dense inference and
+never found here (dense inference is then wrong anyway).
+
+If the grown region holds less than ``min_liver_ml`` of ``p >= threshold`` (a seed missed the liver,
+or no liver in the scan), every remaining body segment is evaluated: the result then equals dense
+inference exactly. With several networks (a fold ensemble) the faces are judged on the members'
+mean, so the growth is exact for the ensemble's probability map.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -35,6 +44,7 @@ from livseg_pipeline.inference.dense import (
     make_runner,
     padded_shape,
 )
+from livseg_pipeline.io.image_io import Geometry
 from livseg_pipeline.preprocessing.intensity import hu_to_normalized
 
 
@@ -77,27 +87,67 @@ def seed_order(image: np.ndarray, plans, candidates: Sequence[Start], segment_si
 _OFFSETS = [(dz, dy, dx) for dz in (-1, 0, 1) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dz, dy, dx) != (0, 0, 0)]
 
 
-def _face_neighbours(block: np.ndarray, start: Start, segment_size: int, depth: int, level: float) -> list[Start]:
+def _face_neighbours(block: np.ndarray, start: Start, segment_size: int, depth: Sequence[int],
+                     level: float) -> list[Start]:
     """Neighbours (across faces, edges and corners: 26-connected components may cross a segment
-    boundary at an edge or a corner only) whose border region of ``block`` holds a voxel >= level."""
+    boundary at an edge or a corner only) whose border region of ``block`` (``depth[a]`` voxel
+    layers deep along axis ``a``) holds a voxel >= level."""
     S = segment_size
-    near = {-1: slice(0, depth), 0: slice(None), 1: slice(S - depth, S)}
+    near = [{-1: slice(0, d), 0: slice(None), 1: slice(S - d, S)} for d in depth]
     out = []
     for off in _OFFSETS:
-        if block[tuple(near[d] for d in off)].max() >= level:
+        if block[tuple(near[a][d] for a, d in enumerate(off))].max() >= level:
             out.append(tuple(int(s + d * S) for s, d in zip(start, off)))
     return out
 
 
+def _depths(face_depth: int | Sequence[int]) -> tuple[int, int, int]:
+    d = (int(face_depth),) * 3 if np.isscalar(face_depth) else tuple(int(v) for v in face_depth)  # type: ignore[arg-type]
+    if len(d) != 3 or min(d) < 1:
+        raise ValueError(f"face depth must be one or three positive voxel counts, got {face_depth}")
+    return d  # type: ignore[return-value]
+
+
+def exact_face_depth(original: Geometry, preprocessed: Geometry) -> tuple[int, int, int]:
+    """Border layers ``(z, y, x)`` of a cell that make growth exact for a mask thresholded on the
+    ORIGINAL grid after linear resampling (what :class:`~livseg_pipeline.inference.predictor.Predictor`
+    does).
+
+    An original voxel ``v`` with ``p(v) >= t`` has a stencil voxel ``c`` with ``p(c) >= t`` less than
+    one preprocessed voxel away per axis; a 26-neighbour ``w`` of ``v`` lies ``r_a`` preprocessed voxels
+    away along axis ``a`` at most (``r_a = sum_i |A_ai|``, ``A`` the map from original to preprocessed
+    voxel indices), and its stencil less than one voxel from it. So a value not yet computed can join
+    the liver's component only if it lies less than ``2 + r_a`` voxels from some ``c``: queueing the
+    neighbour across a face whose outer ``ceil(2 + r_a) - 1`` layers hold a voxel ``>= t`` evaluates
+    every such value before the growth ends. A coarse original axis needs more layers: a gap of one
+    preprocessed voxel below ``t`` is bridged by the resampling when the original spacing exceeds
+    the preprocessed one.
+
+    >>> exact_face_depth(Geometry((0.57, 0.57, 1.6)), Geometry((1.4, 1.4, 1.4)))   # IRCAD 1.1
+    (3, 2, 2)
+    >>> exact_face_depth(Geometry((0.8, 0.8, 5.0)), Geometry((1.4, 1.4, 1.4)))     # 5 mm slices
+    (5, 2, 2)
+    """
+    def index_to_mm(g: Geometry) -> np.ndarray:
+        return g.direction_matrix @ np.diag(g.spacing)
+
+    # original voxel steps in preprocessed voxels, x/y/z order: rows preprocessed axes, columns original
+    a = np.linalg.solve(index_to_mm(preprocessed), index_to_mm(original))
+    reach = np.abs(a).sum(axis=1)
+    depth = [int(math.ceil(2.0 + r - 1e-9)) - 1 for r in reach]
+    return depth[2], depth[1], depth[0]
+
+
 def grow_region(evaluate: Callable[[list[Start]], Sequence[Start]], block: Callable[[Start], np.ndarray],
                 seeds: Sequence[Start], allowed: set[Start], segment_size: int, batch_size: int, level: float,
-                face_depth: int = 2) -> set[Start]:
+                face_depth: int | Sequence[int] = 2) -> set[Start]:
     """Breadth-first growth over segments: ``evaluate(batch)`` computes segments (returns those newly
     computed), ``block(start)`` gives a computed segment's probabilities; a face holding a voxel
     ``>= level`` queues the neighbour across it if it is ``allowed``. Returns the segments visited.
 
     ``batch_size <= 0`` evaluates whole waves (everything queued so far) at once, so that a box
     engine can merge a wave's segments into a few large boxes."""
+    depth = _depths(face_depth)
     visited: set[Start] = set()
     queue = list(dict.fromkeys(seeds))
     queued = set(queue)
@@ -107,7 +157,7 @@ def grow_region(evaluate: Callable[[list[Start]], Sequence[Start]], block: Calla
         evaluate(batch)
         for start in batch:
             visited.add(start)
-            for nb in _face_neighbours(block(start), start, segment_size, face_depth, level):
+            for nb in _face_neighbours(block(start), start, segment_size, depth, level):
                 if nb in allowed and nb not in queued:
                     queued.add(nb)
                     queue.append(nb)
@@ -116,17 +166,19 @@ def grow_region(evaluate: Callable[[list[Start]], Sequence[Start]], block: Calla
 
 def predict_grow(networks: torch.nn.Module | Sequence[torch.nn.Module], image: np.ndarray, plans,
                  device: torch.device | str = "cpu", segment_size: int | None = None, batch_size: int | None = None,
-                 body_mask: np.ndarray | None = None, threshold: float = 0.5, grow_fraction: float = 0.5,
-                 face_depth: int = 2, num_seeds: int = 2, max_seeds: int = 8, min_liver_ml: float = 150.0,
-                 max_fraction: float = 0.4,
-                 progress=None, stand_in_probabilities: np.ndarray | None = None, engine: str = "boxes",
+                 body_mask: np.ndarray | None = None, threshold: float = 0.5, grow_fraction: float = 1.0,
+                 face_depth: int | Sequence[int] = 1, num_seeds: int = 2, max_seeds: int = 8,
+                 min_liver_ml: float = 150.0, max_fraction: float = 0.4, progress=None,
+                 stand_in_probabilities: np.ndarray | None = None, engine: str = "boxes",
                  dry_run: bool = False) -> GrowResult:
     """Probabilities of the segments connected to the liver (see the module docstring).
 
-    ``grow_threshold = grow_fraction * threshold``. Once the evaluated cells would pass
-    ``max_fraction`` of the candidates, every remaining candidate is evaluated at once (one cover of
-    large boxes costs less than more thin waves). Returns the runner (``runner.result()`` = mean
-    probability, ``runner.member_results()`` = per network) and counts.
+    Faces are judged at ``grow_fraction * threshold`` over ``face_depth`` voxel layers (one count or
+    ``(z, y, x)``); the defaults (1.0, 1) are exact for a mask thresholded on the preprocessed grid,
+    :func:`exact_face_depth` for one thresholded after resampling to the original grid. Once the
+    evaluated cells would pass ``max_fraction`` of the candidates, every remaining candidate is
+    evaluated at once (one cover of large boxes costs less than more thin waves). Returns the runner
+    (``runner.result()`` = mean probability, ``runner.member_results()`` = per network) and counts.
 
     ``stand_in_probabilities`` (benchmarks only) replaces each evaluated segment's output by this
     preprocessed-grid map before the faces are judged: it lets an untrained network be timed on

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,9 +24,9 @@ import torch
 
 from livseg_pipeline.experiment_planning.plans import Plans, preprocessing_hash
 from livseg_pipeline.inference.dense import candidate_segments, default_cell_size, make_runner
-from livseg_pipeline.inference.grow import predict_grow
+from livseg_pipeline.inference.grow import exact_face_depth, predict_grow
 from livseg_pipeline.inference.postprocessing import MODES, PostprocessingResult, postprocess, threshold_only
-from livseg_pipeline.io.image_io import Image
+from livseg_pipeline.io.image_io import Geometry, Image
 from livseg_pipeline.paths import resolve_dataset, results_root
 from livseg_pipeline.utils.files import load_json
 
@@ -234,16 +235,22 @@ class Predictor:
         return cls(nets, plans, device, threshold, postprocessing, mode, **kwargs)
 
     # -- stages --------------------------------------------------------------------------------
-    def preprocessed_probabilities(self, image: np.ndarray) -> tuple[np.ndarray, list[np.ndarray] | None, dict]:
-        """Mean (and per-network) probabilities on the preprocessed grid, and what was evaluated."""
+    def preprocessed_probabilities(self, image: np.ndarray, face_depth: Sequence[int] | None = None
+                                   ) -> tuple[np.ndarray, list[np.ndarray] | None, dict]:
+        """Mean (and per-network) probabilities on the preprocessed grid, and what was evaluated.
+        ``face_depth``: growth's border layers (:func:`~livseg_pipeline.inference.grow.exact_face_depth`
+        for the grid the mask will be thresholded on; default: the preprocessed grid itself)."""
         from livseg_pipeline.preprocessing.preprocessor import preprocessed_body_mask
 
         body = None
         if self.strategy != "full" and self.plans.inference.skip_outside_body:
             body = preprocessed_body_mask(image, self.plans, dilate_mm=5.0)
         if self.strategy == "grow":
+            options = dict(self.grow_options)
+            if face_depth is not None:
+                options.setdefault("face_depth", tuple(face_depth))
             res = predict_grow(self.networks, image, self.plans, self.device, self.segment_size, self.batch_size,
-                               body_mask=body, threshold=self.threshold, engine=self.engine, **self.grow_options)
+                               body_mask=body, threshold=self.threshold, engine=self.engine, **options)
             runner, info = res.runner, res.summary()
         else:
             runner = make_runner(self.networks, image, self.plans, self.device, self.segment_size,
@@ -269,7 +276,9 @@ class Predictor:
         times["preprocess"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        prob, members, info = self.preprocessed_probabilities(arrays["image"])
+        # the mask is thresholded on the original grid: grow far enough for its resampling to be exact
+        depth = exact_face_depth(Geometry.from_dict(props["original"]), Geometry.from_dict(props["preprocessed"]))
+        prob, members, info = self.preprocessed_probabilities(arrays["image"], depth)
         del arrays
         times["network"] = time.perf_counter() - t
 
