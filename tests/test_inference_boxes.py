@@ -122,9 +122,17 @@ def test_split_head_equals_the_network_head(preset):
     feats = [torch.randn(1, p.out_channels, 6, 7, 8) for p in net.pathways]
     with torch.inference_mode():
         want = net.head(feats)[0, 0]
-        got = head.finish(sum(head.term(k, f) for k, f in enumerate(feats)))
+        # 1x1x1 layers on oneDNN (CPU) and as matrix products (elsewhere); NCDHW and NDHWC features
+        for onednn in (True, False):
+            for layout in (torch.contiguous_format, torch.channels_last_3d):
+                f = [x.to(memory_format=layout) for x in feats]
+                torch.backends.mkldnn.enabled = onednn
+                try:
+                    got = head.finish(sum(head.term(k, x) for k, x in enumerate(f)))
+                finally:
+                    torch.backends.mkldnn.enabled = True
+                torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     assert want.std() > 0.05
-    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     assert split_head(net.train()) is None          # training mode: batch statistics, no folding
 
 
