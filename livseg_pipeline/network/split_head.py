@@ -12,8 +12,8 @@ The batch norms in front of FC2 and the classifier are folded into FC1 and FC2 (
 inputs otherwise). On a 60 x 75 x 90 box this removes the 170-channel concatenation, its normalisation
 and the nearest-neighbour copies of the coarse features (about a fifth of the time), and the 1x1x1
 layers run on channels-last features without copies (oneDNN 1x1x1 convolutions on CPU, matrix
-products elsewhere); FC1's bias rides on the coarsest pathway's term. Only for ``norm`` batch or none (instance norm depends on
-the box); :func:`split_head` returns None otherwise.
+products elsewhere); FC1's bias rides on the coarsest pathway's term. Only for ``norm`` batch or
+none (instance norm depends on the box); :func:`split_head` returns None otherwise.
 """
 
 from __future__ import annotations
