@@ -39,6 +39,8 @@ class DemoConfig:
     n_train: int = 12
     n_test_normal: int = 2
     hard_cases: Sequence[str] = ("low_contrast", "dense_lesion", "abnormal_position")
+    # hard-case types planted in the TRAINING cohort too (other patients: the cohort's own seeds)
+    train_hard_cases: Sequence[str] = ()
     epochs: int | None = None          # None: the preset's
     iterations_per_epoch: int | None = None
     target_spacing_mm: float | None = None  # None: the preset's (2.0 mm)
@@ -154,7 +156,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     t0 = time.perf_counter()
     cohort_dir = work / "phantoms"
     manifest = write_cohort(cohort_dir, n_cases=cfg.n_train, seed=cfg.seed, layouts=("lits", "msd"),
-                            hard_cases=(), plant_duplicate=True, size_scale=cfg.size_scale)
+                            hard_cases=tuple(cfg.train_hard_cases), plant_duplicate=True, size_scale=cfg.size_scale)
     test_cases = _write_test_cohort(cfg, work / "test")
     log.append({"stage": "phantoms", "seconds": round(time.perf_counter() - t0, 1), "exit": 0})
 

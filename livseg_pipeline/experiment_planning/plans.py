@@ -88,6 +88,7 @@ class OptimizerPlan:
     weight_decay: float = 1e-4
     lr_decay_every_epochs: int = 32
     lr_decay_factor: float = 0.5
+    lr_schedule: str = "step"             # step (decay_factor every decay_every_epochs) | poly (nnU-Net, per epoch)
 
 
 @dataclass
@@ -95,6 +96,7 @@ class TrainingPlan:
     segment_size_out: int = 15
     batch_size: int = 16
     foreground_ratio: float = 0.5
+    boundary_ratio: float = 0.0           # share of segments centred on the liver surface (before liver/background)
     epochs: int = 256
     iterations_per_epoch: int = 250
     val_interval_epochs: int = 8
@@ -233,6 +235,10 @@ def _validate_semantics(p: Plans) -> None:
              f"plans field '{key}' must be a positive multiple of {lcm}, got {size}")
     need(0.0 <= p.training.foreground_ratio <= 1.0,
          "plans field 'training.foreground_ratio' must be in [0, 1]")
+    need(0.0 <= p.training.boundary_ratio <= 1.0, "plans field 'training.boundary_ratio' must be in [0, 1]")
+    need(p.training.loss in ("bce", "dice_bce"), "plans field 'training.loss' must be 'bce' or 'dice_bce'")
+    need(p.training.optimizer.lr_schedule in ("step", "poly"),
+         "plans field 'training.optimizer.lr_schedule' must be 'step' or 'poly'")
     need(p.training.batch_size >= 1, "plans field 'training.batch_size' must be >= 1")
     need(p.training.optimizer.lr > 0, "plans field 'training.optimizer.lr' must be > 0")
     need(0.0 < p.inference.threshold < 1.0, "plans field 'inference.threshold' must be in (0, 1)")

@@ -161,11 +161,29 @@ class TrainingCase:
     foreground: np.ndarray              # flat indices of (a subsample of) the liver voxels
     weight: float = 1.0
     properties: dict = field(default_factory=dict)
+    boundary: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # flat indices of the surface shell
+
+
+def surface_shell(label: np.ndarray) -> np.ndarray:
+    """Voxels within one voxel (26-neighbourhood) of the label's surface, on both sides: the liver
+    voxels with a non-liver neighbour and the non-liver voxels with a liver neighbour.
+
+    >>> m = np.zeros((1, 1, 7), np.uint8); m[0, 0, 2:5] = 1
+    >>> surface_shell(m).astype(int).tolist()
+    [[[0, 1, 1, 0, 1, 1, 0]]]
+    """
+    from scipy import ndimage
+
+    m = label > 0
+    st = np.ones((3, 3, 3), bool)
+    # border_value 1 for the erosion: the volume's edge is no surface (the crop cut the liver there)
+    return ndimage.binary_dilation(m, st) & ~ndimage.binary_erosion(m, st, border_value=1)
 
 
 def load_training_cases(folder: Path, case_ids: list[str], plans: Plans, weights: dict[str, float] | None = None,
                         seed: int = 0, progress: bool = True) -> list[TrainingCase]:
-    """Load cases and their anti-aliased context volumes (computed once, shared by all loader workers)."""
+    """Load cases and their anti-aliased context volumes (computed once, shared by all loader workers);
+    the liver surface shell too when ``plans.training.boundary_ratio`` > 0."""
     from tqdm import tqdm
 
     pad = float(plans.preprocessing.intensity_range[0])
@@ -178,8 +196,14 @@ def load_training_cases(folder: Path, case_ids: list[str], plans: Plans, weights
         fg = np.flatnonzero(label)
         if fg.size > MAX_FOREGROUND_INDICES:
             fg = np.sort(rng.choice(fg, MAX_FOREGROUND_INDICES, replace=False))
-        out.append(TrainingCase(case_id, image, label, contexts, fg.astype(np.int64),
-                                (weights or {}).get(case_id, 1.0), props))
+        case = TrainingCase(case_id, image, label, contexts, fg.astype(np.int64),
+                            (weights or {}).get(case_id, 1.0), props)
+        if plans.training.boundary_ratio > 0:
+            bd = np.flatnonzero(surface_shell(label))
+            if bd.size > MAX_FOREGROUND_INDICES:
+                bd = np.sort(rng.choice(bd, MAX_FOREGROUND_INDICES, replace=False))
+            case.boundary = bd.astype(np.int64)
+        out.append(case)
     return out
 
 

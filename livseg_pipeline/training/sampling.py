@@ -5,8 +5,11 @@ loader worker makes it or on what came before, so resuming at epoch ``e`` reprod
 batches of an uninterrupted run, with any number of workers.
 
 A segment is liver-centred with probability ``plans.training.foreground_ratio`` (its centre voxel is
-a random liver voxel) and background-centred otherwise (a random non-liver voxel of the volume). Cases
-are drawn with probability proportional to their weight (1 / size of their duplicate group).
+a random liver voxel), boundary-centred with probability ``plans.training.boundary_ratio`` (a random
+voxel of the liver surface shell, :func:`~livseg_pipeline.training.data.surface_shell`: the segment
+holds liver and its neighbours, where the errors are) and background-centred otherwise (a random
+non-liver voxel of the volume). Cases are drawn with probability proportional to their weight (1 /
+size of their duplicate group).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ class SamplerConfig:
     elastic_sigma: tuple[float, float]
     augment: bool = True
     radius: int = 10
+    boundary_ratio: float = 0.0
 
     @classmethod
     def from_plans(cls, plans: Plans, batch_size: int | None = None, augment: bool = True) -> SamplerConfig:
@@ -54,7 +58,8 @@ class SamplerConfig:
             shift_mean=a.hu_shift_mean * scale, shift_sd=a.hu_shift_sd * scale,
             flip_axes=tuple(AXIS[n] for n in a.flip_axes), flip_p=a.flip_p, elastic_p=a.elastic.p,
             elastic_alpha=tuple(a.elastic.alpha), elastic_sigma=tuple(a.elastic.sigma), augment=augment,
-            radius=receptive_radius(len(plans.network.pathway_features[0]), plans.network.kernel_size))
+            radius=receptive_radius(len(plans.network.pathway_features[0]), plans.network.kernel_size),
+            boundary_ratio=t.boundary_ratio)
 
 
 class SegmentSampler:
@@ -70,8 +75,10 @@ class SegmentSampler:
         w = np.array([c.weight for c in cases], dtype=np.float64)
         self.case_p = w / w.sum()
 
-    def _centre(self, case: TrainingCase, foreground: bool, rng: np.random.Generator) -> tuple[int, int, int]:
-        if foreground and case.foreground.size:
+    def _centre(self, case: TrainingCase, foreground: bool | str, rng: np.random.Generator) -> tuple[int, int, int]:
+        if foreground == "boundary" and case.boundary.size:
+            flat = int(case.boundary[rng.integers(case.boundary.size)])
+        elif foreground and case.foreground.size:
             flat = int(case.foreground[rng.integers(case.foreground.size)])
         else:
             flat = int(rng.integers(case.label.size))
@@ -81,8 +88,9 @@ class SegmentSampler:
                 flat = int(rng.integers(case.label.size))
         return tuple(int(v) for v in np.unravel_index(flat, case.label.shape))  # type: ignore[return-value]
 
-    def sample(self, case: TrainingCase, foreground: bool, rng: np.random.Generator) -> tuple[list, np.ndarray]:
-        """Pathway inputs and label of one segment (augmented if configured)."""
+    def sample(self, case: TrainingCase, foreground: bool | str, rng: np.random.Generator) -> tuple[list, np.ndarray]:
+        """Pathway inputs and label of one segment (augmented if configured). ``foreground``: True
+        (liver-centred), False (background-centred) or ``"boundary"`` (centred on the liver surface)."""
         cfg, S, R = self.cfg, self.cfg.segment_size, self.cfg.radius
         # augmentation draws from its own stream: the same seed gives the same segments with or without it
         arng = np.random.default_rng(rng.integers(2 ** 63))
@@ -111,11 +119,20 @@ class SegmentSampler:
         rng = np.random.default_rng((self.seed, self.rank, int(index)))
         cfg = self.cfg
         n_fg = int(round(cfg.batch_size * cfg.foreground_ratio)) if cfg.batch_size > 1 else None
+        # boundary-centred segments come first, then liver, then background (a foreground_ratio larger
+        # than what the boundary share leaves shrinks to it); with boundary_ratio 0 the draws (and so
+        # the batches) are exactly those of the plain liver/background split
+        n_bd = int(round(cfg.batch_size * cfg.boundary_ratio)) if cfg.batch_size > 1 else 0
         xs = [[] for _ in cfg.factors]
         ys = []
         for b in range(cfg.batch_size):
             # a fixed liver/background split per batch (DeepMedic); a coin flip for batch size 1
-            fg = b < n_fg if n_fg is not None else rng.random() < cfg.foreground_ratio
+            fg: bool | str
+            if n_fg is not None:
+                fg = "boundary" if b < n_bd else b - n_bd < n_fg
+            else:
+                u = rng.random()
+                fg = "boundary" if u < cfg.boundary_ratio else u < cfg.boundary_ratio + cfg.foreground_ratio
             case = self.cases[rng.choice(len(self.cases), p=self.case_p)]
             inputs, label = self.sample(case, fg, rng)
             for k, x in enumerate(inputs):

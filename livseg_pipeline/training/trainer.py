@@ -1,5 +1,6 @@
-"""The training loop of one fold: BCE, SGD with Nesterov momentum, step LR decay, full-volume
-validation every ``val_interval_epochs``, best/latest checkpoints and exact resumption.
+"""The training loop of one fold: BCE (or BCE + soft Dice), SGD with Nesterov momentum, step (or poly)
+LR decay, full-volume validation every ``val_interval_epochs``, best/latest checkpoints and exact
+resumption.
 
 Exactness of ``--continue``: the checkpoint written after each epoch holds the weights, the optimizer
 (momentum buffers), the LR scheduler, the epoch counter, the history and the python / numpy / torch RNG
@@ -75,6 +76,54 @@ class TrainingError(RuntimeError):
     """Training cannot start or continue; one line naming the file and reason."""
 
 
+class DiceBCELoss(nn.Module):
+    """BCE plus soft Dice loss (``plans.training.loss = "dice_bce"``).
+
+    The Dice term is computed over the whole batch (one sum over every segment, "batch Dice"):
+    background-centred segments often hold no liver, where a per-segment Dice is undefined.
+    ``smooth`` keeps it finite for an all-background batch.
+
+    >>> y = torch.tensor([[1.0, 0.0]])
+    >>> round(float(DiceBCELoss()(torch.tensor([[20.0, -20.0]]), y)), 4)
+    0.0
+    >>> round(float(DiceBCELoss()(torch.tensor([[0.0, 0.0]]), y)), 4)  # ln 2 + (1 - 2 * 0.5 / 2)
+    1.1931
+    """
+
+    def __init__(self, smooth: float = 1e-5):
+        super().__init__()
+        self.bce = nn.BCEWithLogitsLoss()
+        self.smooth = smooth
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        p = torch.sigmoid(logits)
+        inter = (p * target).sum()
+        dice = (2.0 * inter + self.smooth) / (p.sum() + target.sum() + self.smooth)
+        return self.bce(logits, target) + (1.0 - dice)
+
+
+def make_loss(name: str) -> nn.Module:
+    """The training loss named by ``plans.training.loss``."""
+    if name == "bce":
+        return nn.BCEWithLogitsLoss()
+    if name == "dice_bce":
+        return DiceBCELoss()
+    raise TrainingError(f"plans field 'training.loss' is {name!r}; choose 'bce' or 'dice_bce'")
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, plans: Plans, total_epochs: int):
+    """``step``: ``lr_decay_factor`` every ``lr_decay_every_epochs`` epochs (the paper). ``poly``:
+    nnU-Net's ``lr * (1 - epoch / total_epochs) ** 0.9``, stepped per epoch (its last epoch keeps a
+    small positive rate)."""
+    o = plans.training.optimizer
+    if o.lr_schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=o.lr_decay_every_epochs, gamma=o.lr_decay_factor)
+    if o.lr_schedule == "poly":
+        total = max(1, int(total_epochs))
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: max(0.0, 1.0 - e / total) ** 0.9)
+    raise TrainingError(f"plans field 'training.optimizer.lr_schedule' is {o.lr_schedule!r}; choose 'step' or 'poly'")
+
+
 def fold_dir(dataset: str, plans_name: str, fold: int | str) -> Path:
     return results_root() / dataset / plans_name / f"fold_{fold}"
 
@@ -116,8 +165,7 @@ class Trainer:
             raise TrainingError(f"plans field 'training.optimizer.name' is {o.name!r}; only 'sgd' is implemented")
         self.optimizer = torch.optim.SGD(self.net.parameters(), lr=o.lr, momentum=o.momentum, nesterov=o.nesterov,
                                          weight_decay=o.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=o.lr_decay_every_epochs,
-                                                         gamma=o.lr_decay_factor)
+        self.scheduler = make_scheduler(self.optimizer, self.plans, self.total_epochs)
         if ckpt is not None:
             self.net.load_state_dict(ckpt["model"])
             self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -135,7 +183,7 @@ class Trainer:
         self.amp = cfg.amp and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and not torch.cuda.is_bf16_supported()) \
             if self.device.type == "cuda" else None
-        self.loss_fn = nn.BCEWithLogitsLoss()
+        self.loss_fn = make_loss(t.loss)
 
     # ------------------------------------------------------------------------------------------
     def _finished_without_resume(self) -> bool:
