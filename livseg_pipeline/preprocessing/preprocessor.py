@@ -22,7 +22,13 @@ from livseg_pipeline.experiment_planning.plans import Plans, preprocessing_hash
 from livseg_pipeline.io.image_io import Geometry, Image, reorient, same_grid
 from livseg_pipeline.preprocessing.cropping import body_box, body_mask, bounding_box, box_slices, crop_box
 from livseg_pipeline.preprocessing.intensity import body_threshold_normalized, median_filter, normalize_hu
-from livseg_pipeline.preprocessing.resampling import resample, resample_mask, sub_geometry, target_grid
+from livseg_pipeline.preprocessing.resampling import (
+    resample,
+    resample_mask,
+    resample_sparse,
+    sub_geometry,
+    target_grid,
+)
 from livseg_pipeline.utils.files import atomic_path, load_json, save_json
 
 # Bump when the algorithm changes in a way the plans do not show: stored cases are then redone.
@@ -177,6 +183,9 @@ def restore_to_original(array: np.ndarray, properties: dict, order: int = 1, fil
                          f"of {properties.get('case_id', properties.get('source_image', 'this case'))}")
     orig_geom, orig_shape = _grid_from_dict(properties["original"])
     out_dtype = None if order == 0 else np.float32
+    if fill == 0 and order in (0, 1):
+        # skipped regions are 0: resample only where the nonzero voxels reach (same numbers)
+        return resample_sparse(array, pre_geom, orig_geom, orig_shape, order, out_dtype)
     return resample(array, pre_geom, orig_geom, orig_shape, order, fill, out_dtype)
 
 

@@ -123,3 +123,52 @@ def resample_mask(mask: np.ndarray, geometry: Geometry, out_geometry: Geometry, 
         raise ValueError(f"unknown label interpolation {method!r} (linear_threshold | nearest)")
     frac = resample((mask > 0).astype(np.float32), geometry, out_geometry, out_shape_zyx, "linear", 0.0, None)
     return (frac >= 0.5).astype(np.uint8)
+
+
+def index_to_index(geometry: Geometry, out_geometry: Geometry) -> tuple[np.ndarray, np.ndarray]:
+    """``(A, b)`` with ``out_index_xyz = A @ index_xyz + b``: voxel indices of one grid in another's.
+
+    >>> A, b = index_to_index(Geometry((2.0, 2.0, 2.0)), Geometry((1.0, 1.0, 1.0), (1.0, 0.0, 0.0)))
+    >>> A.diagonal().tolist(), b.tolist()
+    ([2.0, 2.0, 2.0], [-1.0, 0.0, 0.0])
+    """
+    def index_to_mm(g: Geometry) -> np.ndarray:
+        return g.direction_matrix @ np.diag(np.asarray(g.spacing, dtype=float))
+
+    out_inv = np.linalg.inv(index_to_mm(out_geometry))
+    A = out_inv @ index_to_mm(geometry)
+    b = out_inv @ (np.asarray(geometry.origin, dtype=float) - np.asarray(out_geometry.origin, dtype=float))
+    return A, b
+
+
+def resample_sparse(array: np.ndarray, geometry: Geometry, out_geometry: Geometry, out_shape_zyx: Sequence[int],
+                    interpolation: str | int = "linear", out_dtype: np.dtype | type | None = np.float32) -> np.ndarray:
+    """:func:`resample` with fill 0 for an ``array`` that is 0 outside a small region (probabilities
+    after skipping): only the output box that the nonzero voxels can reach is resampled, the rest is
+    0, as the full resampling gives (a linear or nearest output voxel reads input voxels less than one
+    voxel away). On IRCAD 1.1 the liver's box is about a fifth of the 34 Mvoxel original grid.
+    """
+    name = interpolation_name(interpolation)
+    if name == "bspline":
+        raise ValueError("resample_sparse: B-spline reads beyond the neighbouring voxels; use resample")
+    dtype = array.dtype if name == "nearest" or out_dtype is None else np.dtype(out_dtype)
+    out = np.zeros(tuple(int(v) for v in out_shape_zyx), dtype=dtype)
+    nonzero = [np.flatnonzero(array.any(axis=tuple(a for a in range(3) if a != ax))) for ax in range(3)]
+    if any(len(n) == 0 for n in nonzero):
+        return out
+    # the support's box grown by 1.5 voxels (one for the interpolation, a half for rounding), its 8
+    # corners mapped into the output grid: an affine image of a box lies inside its corners' box
+    lo_xyz = np.array([n[0] for n in nonzero][::-1], dtype=float) - 1.5
+    hi_xyz = np.array([n[-1] for n in nonzero][::-1], dtype=float) + 1.5
+    A, b = index_to_index(geometry, out_geometry)
+    corners = np.array([[(hi_xyz if (c >> a) & 1 else lo_xyz)[a] for a in range(3)] for c in range(8)])
+    mapped = corners @ A.T + b
+    shape_xyz = np.asarray(out_shape_zyx[::-1])
+    start = np.clip(np.floor(mapped.min(axis=0)).astype(int), 0, shape_xyz)
+    stop = np.clip(np.ceil(mapped.max(axis=0)).astype(int) + 1, 0, shape_xyz)
+    if np.any(stop <= start):
+        return out
+    start_zyx, stop_zyx = start[::-1], stop[::-1]
+    sub = resample(array, geometry, sub_geometry(out_geometry, start_zyx), stop_zyx - start_zyx, name, 0.0, dtype)
+    out[tuple(slice(a, b) for a, b in zip(start_zyx, stop_zyx))] = sub
+    return out
