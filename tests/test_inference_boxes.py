@@ -136,21 +136,35 @@ def test_split_head_equals_the_network_head(preset):
     assert split_head(net.train()) is None          # training mode: batch statistics, no folding
 
 
-def test_folded_pathway_equals_the_pathway():
+@pytest.mark.parametrize("negative_scale", [False, True])
+def test_folded_pathway_equals_the_pathway(negative_scale):
+    """All batch norms folded (plain outputs into the conv before, residual ones as a shift through
+    the biases and a scale into the conv after), the head's too; a norm with a negative scale is
+    kept. Pathway outputs and head terms equal the original network's."""
     import torch
     from torch import nn
 
     from livseg_pipeline.experiment_planning.plans import load_preset
     from livseg_pipeline.network.deepmedic import DeepMedic
-    from livseg_pipeline.network.split_head import fold_pathway_norms
+    from livseg_pipeline.network.split_head import fold_pathway_norms, split_head
 
     net = _trained_looking(DeepMedic.from_plans(load_preset("paper")), seed=1)
-    folded = fold_pathway_norms(net.pathways[0])
-    assert sum(isinstance(layer.norm, nn.Identity) for layer in folded.layers) == 1 + 5   # first + folded
+    if negative_scale:
+        with torch.no_grad():
+            net.pathways[0].layers[4].norm.weight[3] = -0.7     # reads a residual source
+    head, ref_head = split_head(net), split_head(net)
+    folded = fold_pathway_norms(net.pathways[0], head)
+    n_identity = sum(isinstance(layer.norm, nn.Identity) for layer in folded.layers)
+    assert n_identity == (9 if negative_scale else 10)          # the first layer has no norm
+    assert head.pre_scale[0] is None                             # the head's norm went into FC1
     assert not any(isinstance(layer.norm, nn.Identity) for layer in net.pathways[0].layers[1:])  # original kept
     x = torch.randn(1, 1, 26, 27, 28)
     with torch.inference_mode():
-        torch.testing.assert_close(folded(x), net.pathways[0](x), atol=2e-5, rtol=1e-4)
+        want = net.pathways[0](x)
+        # pathway outputs carry the head's shift now; through the head they must agree
+        torch.testing.assert_close(head.term(0, folded(x)), ref_head.term(0, want), atol=1e-4, rtol=1e-4)
+        alone = fold_pathway_norms(net.pathways[0])              # without a head: outputs unchanged
+        torch.testing.assert_close(alone(x), want, atol=2e-5, rtol=1e-4)
 
 
 def test_cells_computed_before_are_not_rewritten(plans, volume, nets):

@@ -12,8 +12,8 @@ output voxel for a network that needs 1.0 once the halo is shared. Two facts rem
 
 Per box, the 1x1x1 head runs split by pathway (:mod:`livseg_pipeline.network.split_head`: the coarse
 pathways' share of FC1 is computed once per volume and broadcast onto the box, the later batch norms
-are folded), the fine pathway runs with 5 of its 9 batch norms folded into its convolutions, and every
-convolution runs on oneDNN.
+are folded), the fine pathway runs with its batch norms folded into its convolutions, and every convolution
+runs on oneDNN.
 
 :class:`BoxRunner` keeps the interface of ``SegmentPredictor`` (``run``, ``segment_mean``,
 ``result``, ``member_results``, ``done``, ``members``) over a grid of cells of any size: ``run``
@@ -114,8 +114,9 @@ class BoxRunner(MemberResults):
         # coarse pathways: features for every coarse index j = fine position // f of the padded volume
         self.coarse: list[list[torch.Tensor]] = [[] for _ in self.networks]
         self.heads = [None if self.dry_run else split_head(net) for net in self.networks]
-        # the fine pathway runs on every box: fold what batch norms it can into its convolutions
-        self.fine_paths = [fold_pathway_norms(net.pathways[0]) if head is not None else net.pathways[0]
+        # the fine pathway runs on every box: fold its batch norms (and the head's norm of its
+        # output) into the convolutions, so no normalisation pass runs per box
+        self.fine_paths = [fold_pathway_norms(net.pathways[0], head) if head is not None else net.pathways[0]
                            for net, head in zip(self.networks, self.heads)]
         self.coarse_terms: list[list[tuple[int, torch.Tensor]]] = [[] for _ in self.networks]
         with torch.inference_mode():

@@ -106,6 +106,7 @@ class SplitHead:
         self.pre_scale: list[torch.Tensor | None] = [scale[s] for s in self.slices]
         self.pre_shift: list[torch.Tensor | None] = [shift[s] for s in self.slices]
         self.pre_act = [_activation(fc1.act, s) for s in self.slices]
+        self.fc1_act = fc1.act
         w1s = [w1[:, s].t().contiguous() for s in self.slices]     # (in_k, out) per pathway
         rest: list[tuple[torch.Tensor, torch.Tensor, object]] = []
         for layer in ([*list(net.fc)[1:], net.classifier] if len(net.fc) else []):
@@ -161,23 +162,62 @@ def split_head(net) -> SplitHead | None:
     return SplitHead(net, channels)
 
 
-def fold_pathway_norms(pathway: nn.Module) -> nn.Module:
-    """An eval-mode copy of a DeepMedic pathway with each batch norm folded into the convolution in
-    front of it wherever nothing else reads that convolution's output (not a residual sum, not a
-    residual source): 5 of the 9 norms of the paper's pathway. Same outputs to float rounding."""
+_HOMOGENEOUS = (nn.Identity, nn.ReLU, nn.LeakyReLU, nn.PReLU)   # act(a * x) = a * act(x) for a > 0
+
+
+def fold_pathway_norms(pathway: nn.Module, head: SplitHead | None = None, head_index: int = 0) -> nn.Module:
+    """An eval-mode copy of a DeepMedic pathway with its batch norms folded away (same outputs to
+    float rounding; the trained weights are untouched).
+
+    A norm whose input nothing else reads (not a residual sum, not a residual source) is folded into
+    the convolution in front of it (5 of the paper pathway's 9). The others read a tensor that a
+    residual connection also adds elsewhere, so it cannot be rescaled; but for a positive scale ``a``
+    and a positively homogeneous activation, ``act(a x + c) = a act(x + c / a)``: the shift ``c / a``
+    goes into the bias of the convolution that produces ``x`` (and is taken off again where a
+    residual connection adds ``x``), and ``a`` into the weights of the convolution after the
+    activation. With ``head`` (a :class:`SplitHead` of the same network) the head's norm of this
+    pathway's output is folded the same way, into FC1 (the head is modified). Norms with a scale
+    <= 0 somewhere are left as they are.
+    """
     p = copy.deepcopy(pathway).eval()
+    layers = p.layers
     skips = {k - 2 for k in p.residual_layers}
-    for k in range(len(p.layers) - 1):
-        if k in p.residual_layers or k in skips:
-            continue
-        nxt = p.layers[k + 1]
-        aff = _affine(nxt.norm, nxt.conv.in_channels)
-        if aff is None or isinstance(nxt.norm, nn.Identity):
-            continue
-        a, c = aff
-        conv = p.layers[k].conv
-        with torch.no_grad():
-            conv.weight.mul_(a.view(-1, 1, 1, 1, 1))
-            conv.bias.copy_(conv.bias * a + c)
-        nxt.norm = nn.Identity()
+    shifts: dict[int, torch.Tensor] = {}
+    with torch.no_grad():
+        for k in range(len(layers)):
+            if k + 1 < len(layers):
+                norm, act = layers[k + 1].norm, layers[k + 1].act
+            elif head is not None and head.pre_scale[head_index] is not None:
+                norm, act = None, None      # the head's norm of the pathway output
+            else:
+                continue
+            if norm is not None:
+                aff = _affine(norm, layers[k].conv.out_channels)
+                if aff is None or isinstance(norm, nn.Identity):
+                    continue
+                a, c = aff
+                homogeneous = isinstance(act, _HOMOGENEOUS)
+            else:
+                a, c = head.pre_scale[head_index], head.pre_shift[head_index]   # type: ignore[union-attr]
+                homogeneous = isinstance(head.fc1_act, _HOMOGENEOUS)           # type: ignore[union-attr]
+            conv = layers[k].conv
+            if norm is not None and k not in p.residual_layers and k not in skips:
+                conv.weight.mul_(a.view(-1, 1, 1, 1, 1))
+                conv.bias.copy_(conv.bias * a + c)
+                layers[k + 1].norm = nn.Identity()
+            elif homogeneous and bool((a > 0).all()):
+                shifts[k] = c / a
+                if norm is not None:
+                    layers[k + 1].conv.weight.mul_(a.view(1, -1, 1, 1, 1))
+                    layers[k + 1].norm = nn.Identity()
+                else:
+                    head.absorb_input_scale(head_index, a)                     # type: ignore[union-attr]
+        # every output carries its shift; a residual sum also receives its source's shift: take it off
+        for k in range(len(layers)):
+            bias = layers[k].conv.bias
+            if k in shifts:
+                bias.add_(shifts[k])
+            if k in p.residual_layers and k - 2 in shifts:
+                s = shifts[k - 2]
+                bias[: s.numel()].sub_(s)
     return p
