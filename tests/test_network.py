@@ -101,3 +101,29 @@ def test_big_segment_equals_small_segments():
     for dz, dy, dx in [(0, 0, 0), (15, 30, 15), (30, 15, 30)]:
         small = run((dz, 15 + dy, dx), 15)
         np.testing.assert_allclose(big[dz: dz + 15, dy: dy + 15, dx: dx + 15], small, rtol=1e-10, atol=1e-12)
+
+
+def test_prelu_on_channels_last_rows_equals_prelu():
+    """The NDHWC PReLU shortcut (rows view) gives PReLU's values and gradients, keeps the layout,
+    and leaves other layouts to PReLU itself."""
+    from torch import nn
+
+    from livseg_pipeline.network.deepmedic import _channelwise
+
+    torch.manual_seed(0)
+    act = nn.PReLU(6)
+    with torch.no_grad():
+        act.weight.uniform_(-0.5, 1.5)
+    x = torch.randn(2, 6, 4, 5, 7).to(memory_format=torch.channels_last_3d).requires_grad_()
+    got = _channelwise(act, x)
+    assert got.is_contiguous(memory_format=torch.channels_last_3d)
+    want = act(x.detach().contiguous().requires_grad_())
+    torch.testing.assert_close(got, want.detach(), rtol=0, atol=0)
+    g = torch.randn_like(got)
+    gx, gw = torch.autograd.grad(got, (x, act.weight), g)
+    xr = x.detach().contiguous().requires_grad_()
+    gx_ref, gw_ref = torch.autograd.grad(act(xr), (xr, act.weight), g)
+    torch.testing.assert_close(gx, gx_ref)
+    torch.testing.assert_close(gw, gw_ref)
+    plain = torch.randn(1, 6, 3, 3, 3)
+    torch.testing.assert_close(_channelwise(act, plain), act(plain))

@@ -86,13 +86,25 @@ class PreActConv(nn.Module):
         self.conv = nn.Conv3d(cin, cout, kernel, bias=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.drop(self.act(self.norm(x)))
+        x = self.drop(_channelwise(self.act, self.norm(x)))
         if _force_onednn(x):
             # PyTorch sends a batch-1 convolution whose N*C*D*H is below 20480 (a small box, a late
             # layer, the coarse pathways) to its im2col fallback, 3-5x slower than oneDNN on CPU
             c = self.conv
             return torch.mkldnn_convolution(x, c.weight, c.bias, c.padding, c.stride, c.dilation, c.groups)
         return self.conv(x)
+
+
+def _channelwise(act: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``act(x)``; a PReLU on an NDHWC tensor runs on its ``(voxels, C)`` view: PyTorch's PReLU
+    kernel for 5D channels-last tensors took 36 ms on a 97 MB tensor against 14.5 ms for the same
+    numbers as rows (one thread, 2026-11-27), and did not use a second thread either way."""
+    if isinstance(act, nn.PReLU) and x.dim() == 5 and x.shape[1] > 1 \
+            and x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous():
+        n, c, d, h, w = x.shape
+        rows = act(x.permute(0, 2, 3, 4, 1).reshape(-1, c))
+        return rows.view(n, d, h, w, c).permute(0, 4, 1, 2, 3)
+    return act(x)
 
 
 def _force_onednn(x: torch.Tensor) -> bool:
