@@ -14,6 +14,7 @@ from livseg_pipeline.preprocessing.preprocessor import (
     load_preprocessed_case,
     original_image,
     preprocess_case,
+    preprocessed_body_mask,
     restore_to_original,
     save_preprocessed_case,
 )
@@ -205,6 +206,11 @@ def test_phantom_preprocess_keeps_liver_and_restores():
     assert abs(props["liver_volume_change_pct"]) < 2.0
     back = restore_to_original(arrays["label"].astype(np.float32), props)
     assert dice(back >= 0.5, ph.label.array) > 0.95
+    # the body mask kept by preprocessing, dilated, is the one inference would find again
+    kept, _ = preprocess_case(ph.ct, None, plans, keep_body_mask=True)
+    assert "body" not in arrays and kept["body"].any()
+    np.testing.assert_array_equal(preprocessed_body_mask(kept["image"], plans, 5.0, body=kept["body"]),
+                                  preprocessed_body_mask(kept["image"], plans, 5.0))
 
 
 # ----------------------------------------------------------------------------------------------

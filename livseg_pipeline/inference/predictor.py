@@ -235,16 +235,18 @@ class Predictor:
         return cls(nets, plans, device, threshold, postprocessing, mode, **kwargs)
 
     # -- stages --------------------------------------------------------------------------------
-    def preprocessed_probabilities(self, image: np.ndarray, face_depth: Sequence[int] | None = None
+    def preprocessed_probabilities(self, image: np.ndarray, face_depth: Sequence[int] | None = None,
+                                   body_mask: np.ndarray | None = None
                                    ) -> tuple[np.ndarray, list[np.ndarray] | None, dict]:
         """Mean (and per-network) probabilities on the preprocessed grid, and what was evaluated.
         ``face_depth``: growth's border layers (:func:`~livseg_pipeline.inference.grow.exact_face_depth`
-        for the grid the mask will be thresholded on; default: the preprocessed grid itself)."""
+        for the grid the mask will be thresholded on; default: the preprocessed grid itself).
+        ``body_mask``: the image's undilated body mask if preprocessing kept it."""
         from livseg_pipeline.preprocessing.preprocessor import preprocessed_body_mask
 
         body = None
         if self.strategy != "full" and self.plans.inference.skip_outside_body:
-            body = preprocessed_body_mask(image, self.plans, dilate_mm=5.0)
+            body = preprocessed_body_mask(image, self.plans, dilate_mm=5.0, body=body_mask)
         if self.strategy == "grow":
             options = dict(self.grow_options)
             if face_depth is not None:
@@ -272,13 +274,13 @@ class Predictor:
         check_ct(image)
         times: dict[str, float] = {}
         t = time.perf_counter()
-        arrays, props = preprocess_case(image, None, self.plans)
+        arrays, props = preprocess_case(image, None, self.plans, keep_body_mask=True)
         times["preprocess"] = time.perf_counter() - t
 
         t = time.perf_counter()
         # the mask is thresholded on the original grid: grow far enough for its resampling to be exact
         depth = exact_face_depth(Geometry.from_dict(props["original"]), Geometry.from_dict(props["preprocessed"]))
-        prob, members, info = self.preprocessed_probabilities(arrays["image"], depth)
+        prob, members, info = self.preprocessed_probabilities(arrays["image"], depth, arrays.pop("body"))
         del arrays
         times["network"] = time.perf_counter() - t
 

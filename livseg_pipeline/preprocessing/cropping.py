@@ -60,11 +60,23 @@ def body_mask(array: np.ndarray, threshold: float, spacing_zyx: Sequence[float] 
         mask = ndimage.binary_fill_holes(padded, structure=_IN_PLANE)[1:-1]
     if step_y > 1 or step_x > 1:
         mask = np.repeat(np.repeat(mask, step_y, axis=1), step_x, axis=2)[:, :array.shape[1], :array.shape[2]]
-    if dilate_mm > 0:
-        radius = [int(np.ceil(dilate_mm / s)) for s in (sz, sy, sx)]
-        for axis, r in enumerate(radius):
-            if r > 0:
-                mask = ndimage.maximum_filter1d(mask.view(np.uint8), 2 * r + 1, axis=axis).view(bool)
+    return dilate_mask(mask, spacing_zyx, dilate_mm)
+
+
+def dilate_mask(mask: np.ndarray, spacing_zyx: Sequence[float], dilate_mm: float) -> np.ndarray:
+    """``mask`` grown by ``dilate_mm`` along each axis (a box of ``ceil(dilate_mm / spacing)`` voxels
+    per side; separable running maxima). ``dilate_mm`` <= 0 returns ``mask`` itself.
+
+    >>> m = np.zeros((1, 1, 9), bool); m[0, 0, 4] = True
+    >>> dilate_mask(m, (1.0, 1.0, 1.5), 3.0).astype(int).tolist()
+    [[[0, 0, 1, 1, 1, 1, 1, 0, 0]]]
+    """
+    if dilate_mm <= 0:
+        return mask
+    for axis, s in enumerate(spacing_zyx):
+        r = int(np.ceil(dilate_mm / float(s)))
+        if r > 0:
+            mask = ndimage.maximum_filter1d(mask.view(np.uint8), 2 * r + 1, axis=axis).view(bool)
     return mask
 
 

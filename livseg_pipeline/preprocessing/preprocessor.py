@@ -20,7 +20,14 @@ import numpy as np
 
 from livseg_pipeline.experiment_planning.plans import Plans, preprocessing_hash
 from livseg_pipeline.io.image_io import Geometry, Image, reorient, same_grid
-from livseg_pipeline.preprocessing.cropping import body_box, body_mask, bounding_box, box_slices, crop_box
+from livseg_pipeline.preprocessing.cropping import (
+    body_box,
+    body_mask,
+    bounding_box,
+    box_slices,
+    crop_box,
+    dilate_mask,
+)
 from livseg_pipeline.preprocessing.intensity import body_threshold_normalized, median_filter, normalize_hu
 from livseg_pipeline.preprocessing.resampling import (
     resample,
@@ -56,7 +63,8 @@ def _reoriented(image: Image | None, orientation: str) -> Image | None:
     return reorient(image, orientation)
 
 
-def preprocess_case(image: Image, label: Image | None, plans: Plans) -> tuple[dict[str, np.ndarray], dict]:
+def preprocess_case(image: Image, label: Image | None, plans: Plans,
+                    keep_body_mask: bool = False) -> tuple[dict[str, np.ndarray], dict]:
     """Preprocess one CT (HU) and, for training, its liver mask (nonzero = liver, same grid).
 
     Returns ``arrays`` (``"image"``: float32 ``(z, y, x)`` normalized; ``"label"``: uint8 0/1 when a
@@ -154,17 +162,25 @@ def preprocess_case(image: Image, label: Image | None, plans: Plans) -> tuple[di
     pre_body = body_mask(arrays["image"], thr, pp.target_spacing_mm[::-1])
     props["body_box_zyx"] = bounding_box(pre_body)
     props["body_fraction"] = round(float(pre_body.mean()), 4)
+    if keep_body_mask:
+        # inference skips what lies outside it: :func:`preprocessed_body_mask` without recomputing
+        arrays["body"] = pre_body
     lap("body_box")
     props["timings_s"] = times
     return arrays, props
 
 
-def preprocessed_body_mask(image: np.ndarray, plans: Plans, dilate_mm: float = 0.0) -> np.ndarray:
+def preprocessed_body_mask(image: np.ndarray, plans: Plans, dilate_mm: float = 0.0,
+                           body: np.ndarray | None = None) -> np.ndarray:
     """The body mask of a *preprocessed* (normalized) volume, for skipping voxels at inference.
 
-    ``dilate_mm`` adds a safety margin around the body.
+    ``dilate_mm`` adds a safety margin around the body. ``body``: the undilated mask that
+    ``preprocess_case(..., keep_body_mask=True)`` returned for this image (the same mask, not found
+    again).
     """
     pp = plans.preprocessing
+    if body is not None:
+        return dilate_mask(body, pp.target_spacing_mm[::-1], dilate_mm)
     thr = body_threshold_normalized(pp.crop.body_threshold_hu, pp.hu_window, pp.intensity_range)
     return body_mask(image, thr, pp.target_spacing_mm[::-1], dilate_mm=dilate_mm)
 
