@@ -28,6 +28,7 @@ setup(
         "highdicom>=0.22",
         "scikit-image>=0.21",
         "psutil>=5.9",
+        "connected-components-3d>=3.12",
     ],
     extras_require={"test": ["pytest>=7", "pytest-timeout", "ruff", "medpy"]},
     entry_points={

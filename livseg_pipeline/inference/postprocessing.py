@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
+from livseg_pipeline.utils.components import label_components
+
 MODES = ("paper", "reconstruction")
 
 
@@ -90,26 +92,38 @@ def erode(mask: np.ndarray, radius_mm: float, spacing_zyx) -> np.ndarray:
     """Erosion by the ball of ``radius_mm`` (outside the array is background); exactly
     ``binary_erosion(mask, ellipsoid_element(radius_mm, spacing_zyx))``.
 
-    The ball is a union of x-runs, one per (dz, dy) offset, so the erosion is the AND of shifted 1D
-    running minima along x (one per distinct run length): about 10x faster than a distance transform
-    or a 3D structuring element on a 512 x 512 x 130 CT.
+    The ball is a union of x-runs, one per (dz, dy) offset, so the erosion is the AND of shifted
+    running minima along x: the run of half-width ``w + 1`` is the AND of the run of ``w`` shifted by
+    one voxel either way (``w`` >= 1), and the shifted copies are ANDed as bits packed along x (8 voxels a byte).
+    IRCAD 1.1's liver box (100 x 272 x 342, 105 offsets): 0.7 s with one pass of
+    ``minimum_filter1d`` per run length and byte masks, 0.25 s like this (one thread).
     """
     el = ellipsoid_element(radius_mm, spacing_zyx)
     hz, hy, hx = (n // 2 for n in el.shape)
     Z, Y, X = mask.shape
-    padded = np.pad(mask.astype(np.uint8), ((hz, hz), (hy, hy), (hx, hx)))
-    runs: dict[int, np.ndarray] = {}
-    out = np.ones(mask.shape, dtype=bool)
+    padded = np.pad(np.asarray(mask, dtype=bool), ((hz, hz), (hy, hy), (hx, hx)))
+    widths: dict[tuple[int, int], int] = {}
     for dz in range(-hz, hz + 1):
         for dy in range(-hy, hy + 1):
             row = el[dz + hz, dy + hy]
-            if not row.any():
-                continue
-            w = hx - int(np.argmax(row))   # the row is symmetric: offsets -w..w
-            if w not in runs:
-                runs[w] = ndimage.minimum_filter1d(padded, 2 * w + 1, axis=2, mode="constant", cval=0)
-            out &= runs[w][hz + dz: hz + dz + Z, hy + dy: hy + dy + Y, hx: hx + X].view(bool)
-    return out
+            if row.any():
+                widths[(dz, dy)] = hx - int(np.argmax(row))   # the row is symmetric: offsets -w..w
+    packed: dict[int, np.ndarray] = {}
+    run, w = padded, 0              # run[..., i] = AND of padded[..., i .. i + 2w]
+    for want in sorted(set(widths.values())):
+        while w < want:
+            # runs of 2w+1 starting at i and i+2 cover i .. i+2w+2 once they overlap (w >= 1)
+            run = run[..., :-2] & run[..., 2:] if w else run[..., :-2] & run[..., 1:-1] & run[..., 2:]
+            w += 1
+        # output voxel x reads padded[hx + x - w .. hx + x + w] = run[..., hx - w + x]
+        packed[w] = np.packbits(run[..., hx - w: hx - w + X], axis=2)
+    out = None
+    for (dz, dy), w in widths.items():
+        part = packed[w][hz + dz: hz + dz + Z, hy + dy: hy + dy + Y]
+        out = part.copy() if out is None else np.bitwise_and(out, part, out=out)
+    if out is None:
+        return np.zeros(mask.shape, dtype=bool)
+    return np.unpackbits(out, axis=2, count=X).view(bool)
 
 
 def box_half_widths(radius_mm: float, spacing_zyx) -> tuple[int, int, int]:
@@ -129,9 +143,9 @@ def dilate_within(core: np.ndarray, limit: np.ndarray, radius_mm: float, spacing
     return grown.astype(bool) & limit
 
 
-def keep_connected_to(mask: np.ndarray, seed: np.ndarray, structure: np.ndarray) -> np.ndarray:
+def keep_connected_to(mask: np.ndarray, seed: np.ndarray, connectivity: int) -> np.ndarray:
     """The components of ``mask`` that touch ``seed`` (geodesic reconstruction of seed in mask)."""
-    labels, n = ndimage.label(mask, structure=structure)
+    labels, n = label_components(mask, connectivity)
     if n == 0:
         return np.zeros_like(mask, dtype=bool)
     hit = np.unique(labels[seed & mask])
@@ -139,8 +153,8 @@ def keep_connected_to(mask: np.ndarray, seed: np.ndarray, structure: np.ndarray)
     return np.isin(labels, hit)
 
 
-def largest_component(mask: np.ndarray, structure: np.ndarray) -> np.ndarray:
-    labels, n = ndimage.label(mask, structure=structure)
+def largest_component(mask: np.ndarray, connectivity: int) -> np.ndarray:
+    labels, n = label_components(mask, connectivity)
     if n == 0:
         return np.zeros_like(mask, dtype=bool)
     sizes = np.bincount(labels.ravel())
@@ -148,8 +162,8 @@ def largest_component(mask: np.ndarray, structure: np.ndarray) -> np.ndarray:
     return labels == int(np.argmax(sizes))
 
 
-def component_volumes_ml(mask: np.ndarray, voxel_ml: float, structure: np.ndarray) -> list[float]:
-    labels, n = ndimage.label(mask, structure=structure)
+def component_volumes_ml(mask: np.ndarray, voxel_ml: float, connectivity: int) -> list[float]:
+    labels, n = label_components(mask, connectivity)
     if n == 0:
         return []
     sizes = np.bincount(labels.ravel())[1:]
@@ -170,7 +184,7 @@ def postprocess(probabilities: np.ndarray, spacing_zyx, threshold: float = 0.5, 
         raise ValueError(f"post-processing mode must be one of {MODES}, got {mode!r}")
     spacing_zyx = tuple(float(s) for s in spacing_zyx)
     voxel_ml = float(np.prod(spacing_zyx)) / 1000.0
-    structure = connectivity_structure(connectivity)
+    connectivity_structure(connectivity)   # validates before any work
     thresholded = _at_least(probabilities, threshold)
     out = np.zeros(thresholded.shape, dtype=np.uint8)
     n_thr = int(np.count_nonzero(thresholded))
@@ -179,16 +193,16 @@ def postprocess(probabilities: np.ndarray, spacing_zyx, threshold: float = 0.5, 
     # work in the mask's bounding box; one voxel of margin keeps "outside = background" exact
     box = _bbox(thresholded, (1, 1, 1))
     m = thresholded[box]
-    core = largest_component(erode(m, erosion_radius_mm, spacing_zyx), structure)
+    core = largest_component(erode(m, erosion_radius_mm, spacing_zyx), connectivity)
     core_found = bool(core.any())
     if not core_found:  # nothing survives the erosion: fall back to the largest component
-        kept = largest_component(m, structure)
+        kept = largest_component(m, connectivity)
     elif mode == "paper":
-        kept = keep_connected_to(dilate_within(core, m, erosion_radius_mm, spacing_zyx), core, structure)
+        kept = keep_connected_to(dilate_within(core, m, erosion_radius_mm, spacing_zyx), core, connectivity)
     else:
-        kept = keep_connected_to(m, core, structure)
+        kept = keep_connected_to(m, core, connectivity)
     out[box] = kept
-    removed = component_volumes_ml(m & ~kept, voxel_ml, structure)
+    removed = component_volumes_ml(m & ~kept, voxel_ml, connectivity)
     return PostprocessingResult(out, removed, float(np.count_nonzero(kept)) * voxel_ml, n_thr * voxel_ml,
                                 core_found)
 

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
+from livseg_pipeline.utils.components import label_components
+
 Box = list[list[int]]
 
 # In-plane 4-connectivity inside a slice, nothing across slices: fills holes slice by slice.
@@ -47,7 +49,7 @@ def body_mask(array: np.ndarray, threshold: float, spacing_zyx: Sequence[float] 
     step_y = max(1, int(working_spacing_mm // sy)) if working_spacing_mm > 0 else 1
     step_x = max(1, int(working_spacing_mm // sx)) if working_spacing_mm > 0 else 1
     small = array[:, ::step_y, ::step_x] > threshold
-    labels, n = ndimage.label(small)
+    labels, n = label_components(small, 6)
     if n == 0:
         return np.zeros(array.shape, dtype=bool)
     sizes = np.bincount(labels.ravel())
