@@ -123,7 +123,7 @@ def count_only(ct_dir: Path, stand_in_path: Path) -> list[dict]:
 
     from livseg_pipeline.experiment_planning.plans import load_preset
     from livseg_pipeline.inference.dense import candidate_segments, padded_shape, segment_grid
-    from livseg_pipeline.inference.grow import exact_face_depth, grow_region, seed_order
+    from livseg_pipeline.inference.grow import grow_region, seed_order
     from livseg_pipeline.io.image_io import Geometry, read_image
     from livseg_pipeline.network.deepmedic import DeepMedic, flops_per_output_voxel
     from livseg_pipeline.preprocessing.preprocessor import preprocess_case, preprocessed_body_mask
@@ -132,7 +132,8 @@ def count_only(ct_dir: Path, stand_in_path: Path) -> list[dict]:
     arrays, props = preprocess_case(read_image(ct_dir), None, plans)
     img = arrays["image"]
     # the predictor's growth: exact for the mask thresholded on the original grid
-    depth = exact_face_depth(Geometry.from_dict(props["original"]), Geometry.from_dict(props["preprocessed"]))
+    grids = (Geometry.from_dict(props["original"]), props["original"]["shape_zyx"],
+             Geometry.from_dict(props["preprocessed"]))
     oracle = np.load(stand_in_path)
     body = preprocessed_body_mask(img, plans, dilate_mm=5.0)
     net = DeepMedic.from_plans(plans)
@@ -159,9 +160,8 @@ def count_only(ct_dir: Path, stand_in_path: Path) -> list[dict]:
 
     for C in (10, 15, 20, 30):
         res = predict_grow(net, img, plans, "cpu", C, 0, body_mask=body, stand_in_probabilities=oracle,
-                           face_depth=depth, dry_run=True)
-        rows.append({"engine": "boxes", "strategy": "grow", "cell_size": C, "face_depth": depth,
-                     "cells": len(res.runner.done),
+                           original_grid=grids, dry_run=True)
+        rows.append({"engine": "boxes", "strategy": "grow", "cell_size": C, "cells": len(res.runner.done),
                      "boxes": len(res.runner.boxes), "tflop": round(res.runner.flops() / 1e12, 2)})
     for C in (15, 45):
         runner = make_runner(net, img, plans, "cpu", C, dry_run=True)

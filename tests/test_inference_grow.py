@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from livseg_pipeline.inference.grow import exact_face_depth, grow_region
+from livseg_pipeline.inference.grow import OriginalGridRule, exact_face_depth, grow_region
 from livseg_pipeline.io.image_io import Geometry
-from livseg_pipeline.preprocessing.resampling import resample
+from livseg_pipeline.preprocessing.resampling import index_to_index, resample
 
 
 def run(prob: np.ndarray, seeds, S: int = 10, level: float = 0.25):
@@ -81,6 +81,65 @@ def test_exact_face_depth_follows_a_gap_that_the_coarse_original_grid_bridges():
     np.testing.assert_array_equal(grown(depth), full)
     # judging only the outer layer (exact on the preprocessed grid itself) misses the bridged organ
     assert not grown(1)[25].any()
+    # the rule that resamples the values sees the bridge too
+    q = _grow_with_rule(p, pre, orig, shape, S, [(0, 0, 0)])
+    np.testing.assert_array_equal(_component_on_original(q, pre, orig, shape, seed), full)
+
+
+def _grow_with_rule(p: np.ndarray, pre: Geometry, orig: Geometry, shape, S: int, seeds) -> np.ndarray:
+    """Growth with :class:`OriginalGridRule` over all cells of ``p``; returns the computed map."""
+    grid = {(z, y, x) for z in range(0, p.shape[0], S) for y in range(0, p.shape[1], S)
+            for x in range(0, p.shape[2], S)}
+    q = np.zeros_like(p)
+
+    def evaluate(batch):
+        for z, y, x in batch:
+            q[z: z + S, y: y + S, x: x + S] = p[z: z + S, y: y + S, x: x + S]
+        return batch
+
+    rule = OriginalGridRule(orig, shape, pre, p.shape, S, 0.5)
+    seen = grow_region(evaluate, None, seeds, grid, S, 0, 0.5, neighbours=lambda s: rule.needed(s, lambda r: q[r]))
+    _grow_with_rule.cells = (len(seen), len(grid))
+    return q
+
+
+def test_original_grid_rule_gives_the_full_component_on_random_grids():
+    """Random organ-like maps, random axis-parallel original grids (spacing, offset, flips): the
+    liver's component on the original grid is the full map's, with fewer cells computed."""
+    rng = np.random.default_rng(7)
+    S = 10
+    evaluated = total = 0
+    for _ in range(6):
+        p = ndimage.gaussian_filter(rng.random((30, 40, 40)), 3.0)
+        p = (((p - p.min()) / (p.max() - p.min())) ** 2).astype(np.float32)   # one peak at 1
+        pre = Geometry((1.4, 1.4, 1.4), origin=(0.0, 0.0, 0.0))
+        sp = rng.uniform(0.5, 3.2, 3)
+        flips = rng.choice([-1.0, 1.0], 3)
+        shape = tuple(int(n * 1.4 / s) for n, s in zip((30, 40, 40), sp[::-1]))
+        origin = [(-0.5 * 1.4 + rng.uniform(0, 1.0)) if f > 0 else (n - 0.5) * 1.4 - rng.uniform(0, 1.0)
+                  for f, n in zip(flips, (40, 40, 30))]
+        orig = Geometry(tuple(sp), tuple(origin), (flips[0], 0.0, 0.0, 0.0, flips[1], 0.0, 0.0, 0.0, flips[2]))
+        full_orig = resample(p, pre, orig, shape, "linear")
+        seed = np.unravel_index(np.argmax(full_orig), shape)
+        # growth starts in a cell that the seed voxel's interpolation reads
+        A, b = index_to_index(orig, pre)
+        at = np.floor(A @ np.array(seed[::-1], float) + b).astype(int)[::-1]
+        start = tuple(int(np.clip(v, 0, n - 1)) // S * S for v, n in zip(at, p.shape))
+        full = _component_on_original(p, pre, orig, shape, seed)
+        q = _grow_with_rule(p, pre, orig, shape, S, [start])
+        np.testing.assert_array_equal(_component_on_original(q, pre, orig, shape, seed), full)
+        assert 0 < full.sum() < full.size
+        evaluated, total = evaluated + _grow_with_rule.cells[0], total + _grow_with_rule.cells[1]
+    assert evaluated < total      # cells were left out, and the component is still the full one
+
+
+def test_original_grid_rule_only_for_axis_parallel_grids():
+    pre = Geometry((1.4, 1.4, 1.4))
+    c, s = np.cos(0.3), np.sin(0.3)
+    tilted = Geometry((1.0, 1.0, 2.0), direction=(c, -s, 0.0, s, c, 0.0, 0.0, 0.0, 1.0))
+    flipped = Geometry((1.0, 1.0, 2.0), direction=(-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0))
+    assert OriginalGridRule.maybe(tilted, (10, 20, 20), pre, (15, 15, 15), 15, 0.5) is None
+    assert OriginalGridRule.maybe(flipped, (10, 20, 20), pre, (15, 15, 15), 15, 0.5) is not None
 
 
 def test_exact_face_depth_of_oblique_and_equal_grids():

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +23,7 @@ import torch
 
 from livseg_pipeline.experiment_planning.plans import Plans, preprocessing_hash
 from livseg_pipeline.inference.dense import candidate_segments, default_cell_size, make_runner
-from livseg_pipeline.inference.grow import exact_face_depth, predict_grow
+from livseg_pipeline.inference.grow import predict_grow
 from livseg_pipeline.inference.postprocessing import MODES, PostprocessingResult, postprocess, threshold_only
 from livseg_pipeline.io.image_io import Geometry, Image
 from livseg_pipeline.paths import resolve_dataset, results_root
@@ -235,13 +234,14 @@ class Predictor:
         return cls(nets, plans, device, threshold, postprocessing, mode, **kwargs)
 
     # -- stages --------------------------------------------------------------------------------
-    def preprocessed_probabilities(self, image: np.ndarray, face_depth: Sequence[int] | None = None,
+    def preprocessed_probabilities(self, image: np.ndarray, original_grid: tuple | None = None,
                                    body_mask: np.ndarray | None = None
                                    ) -> tuple[np.ndarray, list[np.ndarray] | None, dict]:
         """Mean (and per-network) probabilities on the preprocessed grid, and what was evaluated.
-        ``face_depth``: growth's border layers (:func:`~livseg_pipeline.inference.grow.exact_face_depth`
-        for the grid the mask will be thresholded on; default: the preprocessed grid itself).
-        ``body_mask``: the image's undilated body mask if preprocessing kept it."""
+        ``original_grid``: (original geometry, original shape, preprocessed geometry) when the mask
+        will be thresholded on the original grid (growth is then exact for that mask; default: for
+        the preprocessed grid itself). ``body_mask``: the image's undilated body mask if
+        preprocessing kept it."""
         from livseg_pipeline.preprocessing.preprocessor import preprocessed_body_mask
 
         body = None
@@ -249,8 +249,8 @@ class Predictor:
             body = preprocessed_body_mask(image, self.plans, dilate_mm=5.0, body=body_mask)
         if self.strategy == "grow":
             options = dict(self.grow_options)
-            if face_depth is not None:
-                options.setdefault("face_depth", tuple(face_depth))
+            if original_grid is not None:
+                options.setdefault("original_grid", original_grid)
             res = predict_grow(self.networks, image, self.plans, self.device, self.segment_size, self.batch_size,
                                body_mask=body, threshold=self.threshold, engine=self.engine, **options)
             runner, info = res.runner, res.summary()
@@ -278,9 +278,10 @@ class Predictor:
         times["preprocess"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        # the mask is thresholded on the original grid: grow far enough for its resampling to be exact
-        depth = exact_face_depth(Geometry.from_dict(props["original"]), Geometry.from_dict(props["preprocessed"]))
-        prob, members, info = self.preprocessed_probabilities(arrays["image"], depth, arrays.pop("body"))
+        # the mask is thresholded on the original grid: growth follows what its resampling needs
+        grids = (Geometry.from_dict(props["original"]), props["original"]["shape_zyx"],
+                 Geometry.from_dict(props["preprocessed"]))
+        prob, members, info = self.preprocessed_probabilities(arrays["image"], grids, arrays.pop("body"))
         del arrays
         times["network"] = time.perf_counter() - t
 
