@@ -117,6 +117,18 @@ def child(args) -> None:
                       "threads": torch.get_num_threads(), "default_malloc": args.default_malloc}), flush=True)
 
 
+def _compare_masks(a_path: Path, b_path: Path) -> dict:
+    """DSC and differing voxels of two masks on the same grid."""
+    import numpy as np
+
+    from livseg_pipeline.io.image_io import read_image
+
+    a, b = read_image(a_path).array > 0, read_image(b_path).array > 0
+    dsc = 2.0 * np.count_nonzero(a & b) / max(1, np.count_nonzero(a) + np.count_nonzero(b))
+    return {"compare": [a_path.name, b_path.name], "dsc": round(float(dsc), 6),
+            "differing_voxels": int(np.count_nonzero(a != b))}
+
+
 def count_only(ct_dir: Path, stand_in_path: Path) -> list[dict]:
     """Segments and TFLOP per strategy and segment size (no network run)."""
     import numpy as np
@@ -282,6 +294,16 @@ def main() -> int:
                 line = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")][-1]
                 results.append(json.loads(line))
                 print(line, flush=True)
+            if args.trained:
+                # skipping is exact: the grown mask against the body-skip mask (same model; with
+                # random weights and the stand-in the two are not comparable)
+                for r in results:
+                    if r["strategy"] != "grow":
+                        continue
+                    ref = tmp / f"ircad1_body_{r['engine']}_{r['folds']}.nii.gz"
+                    if ref.is_file():
+                        results.append(_compare_masks(tmp / f"ircad1_grow_{r['engine']}_{r['folds']}.nii.gz", ref))
+                        print(json.dumps(results[-1]), flush=True)
         load = os.getloadavg()
         meta = {"cpus": os.cpu_count(), "loadavg_at_end": [round(v, 2) for v in load]}
         print(json.dumps(meta))
