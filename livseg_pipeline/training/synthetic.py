@@ -66,6 +66,10 @@ def tiny_plans(base: str = "cpu_demo", spacing_mm: float = 8.0, plans_name: str 
     t.batch_size, t.iterations_per_epoch, t.epochs, t.val_interval_epochs, t.num_workers = 8, 12, 4, 2, 0
     t.optimizer.lr, t.optimizer.lr_decay_every_epochs = 0.05, 4
     p.inference.segment_size_out = 45
-    # cpu_demo trains without augmentation; tests of the training loop keep the paper's
-    p.training.augmentation = load_preset("paper").training.augmentation
+    # cpu_demo trains without augmentation, with boundary-centred segments and poly decay; tests of the
+    # training loop keep the paper's augmentation, liver/background split and step decay
+    paper = load_preset("paper").training
+    p.training.augmentation = paper.augmentation
+    t.foreground_ratio, t.boundary_ratio = paper.foreground_ratio, paper.boundary_ratio
+    t.optimizer.lr_schedule = paper.optimizer.lr_schedule
     return p.validate()
