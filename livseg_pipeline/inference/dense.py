@@ -137,12 +137,16 @@ class MemberResults:
     volume_shape: tuple[int, int, int]
     cell: int
 
+    def region_mean(self, region: tuple[slice, ...]) -> np.ndarray:
+        """Mean probability of the members over a region of the padded volume (a view when there is
+        one member; the same numbers as :meth:`result`)."""
+        parts = [m[region] for m in self.members]
+        return parts[0] if len(parts) == 1 else np.mean(parts, axis=0, dtype=np.float32)
+
     def segment_mean(self, start: Start) -> np.ndarray:
         """Mean probability of the members over one cell (a view when there is one member)."""
         C = self.cell
-        z, y, x = start
-        parts = [m[z: z + C, y: y + C, x: x + C] for m in self.members]
-        return parts[0] if len(parts) == 1 else np.mean(parts, axis=0)
+        return self.region_mean(tuple(slice(s, s + C) for s in start))
 
     def _crop(self, a: np.ndarray) -> np.ndarray:
         z, y, x = self.volume_shape

@@ -127,7 +127,7 @@ class SplitHead:
 
     def absorb_input_scale(self, k: int, scale: torch.Tensor) -> None:
         """Pathway ``k``'s features now arrive shifted so that FC1's batch norm reduces to ``scale``
-        (> 0), which is moved into FC1's weights (:func:`fold_fine_pathway`): no affine pass per voxel."""
+        (> 0), which is moved into FC1's weights (:func:`fold_pathway_norms`): no affine pass per voxel."""
         lin = self.fc1[k]
         self.fc1[k] = _Pointwise(lin.weight * scale[:, None], lin.bias)
         self.pre_scale[k] = self.pre_shift[k] = None

@@ -15,6 +15,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from livseg_pipeline.io.image_io import Geometry
+from livseg_pipeline.preprocessing.cropping import bounding_box
 
 _INTERPOLATORS = {
     "nearest": sitk.sitkNearestNeighbor,
@@ -153,13 +154,13 @@ def resample_sparse(array: np.ndarray, geometry: Geometry, out_geometry: Geometr
         raise ValueError("resample_sparse: B-spline reads beyond the neighbouring voxels; use resample")
     dtype = array.dtype if name == "nearest" or out_dtype is None else np.dtype(out_dtype)
     out = np.zeros(tuple(int(v) for v in out_shape_zyx), dtype=dtype)
-    nonzero = [np.flatnonzero(array.any(axis=tuple(a for a in range(3) if a != ax))) for ax in range(3)]
-    if any(len(n) == 0 for n in nonzero):
+    support = bounding_box(array != 0)
+    if support is None:
         return out
     # the support's box grown by 1.5 voxels (one for the interpolation, a half for rounding), its 8
     # corners mapped into the output grid: an affine image of a box lies inside its corners' box
-    lo_xyz = np.array([n[0] for n in nonzero][::-1], dtype=float) - 1.5
-    hi_xyz = np.array([n[-1] for n in nonzero][::-1], dtype=float) + 1.5
+    lo_xyz = np.array([lo for lo, _ in support][::-1], dtype=float) - 1.5
+    hi_xyz = np.array([hi - 1 for _, hi in support][::-1], dtype=float) + 1.5
     A, b = index_to_index(geometry, out_geometry)
     corners = np.array([[(hi_xyz if (c >> a) & 1 else lo_xyz)[a] for a in range(3)] for c in range(8)])
     mapped = corners @ A.T + b
